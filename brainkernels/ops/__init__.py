@@ -1,0 +1,16 @@
+"""brainkernels ops: each a ``torch.library.custom_op`` in the ``brainkernels::`` namespace,
+with a fake (meta) implementation, an autograd formula and a plain-PyTorch reference."""
+
+from brainkernels.ops.extract_patches3d import (
+    MAX_PATCH_SIZE,
+    extract_patches3d,
+    extract_patches3d_backward_reference,
+    extract_patches3d_reference,
+)
+
+__all__ = [
+    "MAX_PATCH_SIZE",
+    "extract_patches3d",
+    "extract_patches3d_backward_reference",
+    "extract_patches3d_reference",
+]
