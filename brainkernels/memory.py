@@ -285,7 +285,8 @@ def measure_peak(
     parameters/buffers of ``fn`` or of module arguments) unless ``device`` is
     given; with no tensors the default device is used.  CUDA is measured with
     the caching allocator statistics, cpu and meta with :class:`StorageTracker`.
-    The output of ``fn`` is dropped before returning.
+    The output of ``fn`` is dropped before returning.  ``backward`` and
+    ``device`` are measure_peak's own keywords and are not passed to ``fn``.
     """
     if not callable(fn):
         raise TypeError(f"measure_peak: fn must be callable, got {type(fn).__name__}")

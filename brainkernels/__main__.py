@@ -1,0 +1,5 @@
+import sys
+
+from brainkernels.cli import main
+
+sys.exit(main())

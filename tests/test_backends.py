@@ -1,0 +1,89 @@
+"""Backend selection, forcing, fallback, and the `brainkernels info` report."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import requires_extension
+
+from brainkernels import _extension, backends, use_backend
+from brainkernels.ops import extract_patches3d, extract_patches3d_reference
+
+CPU = torch.device("cpu")
+
+
+@requires_extension
+def test_cpu_tensors_use_the_cpu_kernels_by_default(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert backends.resolve(CPU) == "cpu"
+
+
+def test_use_backend_nests_and_restores(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    with use_backend("reference"):
+        assert backends.forced_backend() == ("reference", "use_backend()")
+        with use_backend("triton"):
+            assert backends.forced_backend()[0] == "triton"
+        assert backends.resolve(CPU) == "reference"
+    assert backends.forced_backend() is None
+
+
+def test_unknown_backend_names_are_rejected(monkeypatch):
+    with pytest.raises(ValueError, match=r"use_backend\(name\): unknown backend 'gpu'"):
+        with use_backend("gpu"):
+            pass
+    monkeypatch.setenv(backends.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="environment variable BRAINKERNELS_BACKEND: unknown backend 'fast'"):
+        backends.resolve(CPU)
+
+
+def test_environment_variable_forces_a_backend(monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    assert backends.resolve(CPU) == "reference"
+    with use_backend("cpu"):  # the context manager wins over the environment
+        assert backends.forced_backend() == ("cpu", "use_backend()")
+
+
+def test_forcing_a_backend_that_cannot_run_raises(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    volume, centers = torch.randn(1, 4, 4, 4), torch.zeros(1, 3, dtype=torch.long)
+    with use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' was forced .* cannot run on cpu"):
+        extract_patches3d(volume, centers, 3)
+    if not backends.triton_interpreted():
+        with use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1|triton is not installed"):
+            extract_patches3d(volume, centers, 3)
+
+
+def test_reference_backend_runs_through_the_op(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    volume, centers = torch.randn(2, 5, 6, 7), torch.tensor([[0, 3, 9], [4, -2, 1]])
+    with use_backend("reference"):
+        assert torch.equal(extract_patches3d(volume, centers, 4), extract_patches3d_reference(volume, centers, 4))
+
+
+def test_missing_extension_falls_back_to_the_reference_with_a_warning(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    monkeypatch.setattr(_extension, "_import", lambda: ImportError("simulated: no compiled module"))
+    backends._warn_fallback.cache_clear()
+    with pytest.warns(RuntimeWarning, match="simulated: no compiled module.*plain-PyTorch reference"):
+        assert backends.resolve(CPU) == "reference"
+    with pytest.raises(ImportError, match=r"brainkernels\._C .* could not be imported: simulated.*pip install \."):
+        _extension.load()
+    with use_backend("cpu"), pytest.raises(RuntimeError, match="brainkernels._C could not be imported"):
+        backends.resolve(CPU)
+    backends._warn_fallback.cache_clear()
+
+
+def test_info_command_lists_the_backends():
+    result = subprocess.run([sys.executable, "-m", "brainkernels", "info"], capture_output=True, text=True, check=True)
+    for line in ("cpu extension", "cuda extension", "triton", "reference", "devices:"):
+        assert line in result.stdout
+    report = json.loads(
+        subprocess.run([sys.executable, "-m", "brainkernels", "info", "--json"], capture_output=True, text=True,
+                       check=True).stdout
+    )
+    assert report["extension"]["available"] == _extension.available()
+    assert report["devices"][0]["device"] == "cpu"
+    assert report["devices"][0]["default_backend"] == ("cpu" if _extension.available() else "reference")
