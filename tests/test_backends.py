@@ -76,13 +76,14 @@ def test_missing_extension_falls_back_to_the_reference_with_a_warning(monkeypatc
     backends._warn_fallback.cache_clear()
 
 
-def test_info_command_lists_the_backends():
-    result = subprocess.run([sys.executable, "-m", "brainkernels", "info"], capture_output=True, text=True, check=True)
+def test_info_command_lists_the_backends(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "brainkernels", "info"], capture_output=True, text=True, check=True,
+                            cwd=tmp_path)
     for line in ("cpu extension", "cuda extension", "triton", "reference", "devices:"):
         assert line in result.stdout
     report = json.loads(
         subprocess.run([sys.executable, "-m", "brainkernels", "info", "--json"], capture_output=True, text=True,
-                       check=True).stdout
+                       check=True, cwd=tmp_path).stdout
     )
     assert report["extension"]["available"] == _extension.available()
     assert report["devices"][0]["device"] == "cpu"

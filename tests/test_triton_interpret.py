@@ -17,11 +17,12 @@ BACKEND_TESTS = ["test_extract_patches3d.py"]
 @pytest.mark.skipif(not backends.triton_installed(), reason="triton is not installed")
 @pytest.mark.skipif(backends.triton_interpreted(), reason="this process already interprets Triton")
 @pytest.mark.parametrize("test_file", BACKEND_TESTS)
-def test_triton_backend_under_interpreter(test_file):
+def test_triton_backend_under_interpreter(test_file, tmp_path):
     command = [sys.executable, "-m", "pytest", str(Path(__file__).with_name(test_file)), "-k", "triton", "-q",
                "-p", "no:cacheprovider"]
-    result = subprocess.run(command, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True,
-                            text=True, timeout=1800)
+    # Run outside the source tree so the installed package (with its compiled module) is imported.
+    result = subprocess.run(command, env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=1800)
     output = result.stdout[-8000:] + result.stderr[-4000:]
     assert result.returncode == 0, output
     passed = re.search(r"(\d+) passed", result.stdout)

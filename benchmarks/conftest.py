@@ -1,0 +1,96 @@
+"""Shared pieces of the benchmark suites: size scale, device, and a side-by-side summary.
+
+Every benchmark records its peak bytes in ``extra_info``; at the end of the run each group's
+implementations are printed beside the group's baseline with time and memory ratios, and
+written as JSON when ``--bench-report PATH`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from brainkernels.memory import format_bytes, measure_peak
+
+_results: dict[str, dict[str, dict]] = defaultdict(dict)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("brainkernels benchmarks")
+    group.addoption("--bench-scale", choices=("small", "full"), default="small",
+                    help="small: minutes on a 2-core CPU (default); full: the sizes the issues name, for a GPU")
+    group.addoption("--bench-device", default="cpu", help="device to benchmark on (cpu, cuda)")
+    group.addoption("--bench-report", default=None, help="write the side-by-side summary as JSON here")
+
+
+@pytest.fixture(scope="session")
+def scale(request) -> str:
+    return request.config.getoption("--bench-scale")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    device = torch.device(request.config.getoption("--bench-device"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--bench-device cuda but no CUDA device is available")
+    return device
+
+
+def _synchronized(fn, device: torch.device):
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
+
+
+@pytest.fixture
+def compare(benchmark, device):
+    """``compare(group, name, fn, baseline=False, **info)``: time ``fn`` and measure its peak bytes."""
+
+    def run(group: str, name: str, fn, baseline: bool = False, **info):
+        peak = measure_peak(fn, device=device)
+        benchmark.group = group
+        benchmark.extra_info.update(
+            implementation=name, peak_bytes=peak.peak_bytes, memory_method=peak.method, device=str(device),
+            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            torch=torch.__version__, **info,
+        )
+        benchmark.pedantic(_synchronized(fn, device), rounds=5, warmup_rounds=1, iterations=1)
+        if benchmark.stats is not None:
+            _results[group][name] = {"median_s": benchmark.stats.stats.median, "peak_bytes": peak.peak_bytes,
+                                     "baseline": baseline, **info}
+
+    return run
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not _results:
+        return
+    terminalreporter.section("brainkernels: ours beside the baselines (same run)")
+    report = {}
+    for group, entries in _results.items():
+        baselines = [entry for entry in entries.values() if entry["baseline"]]
+        reference = min(baselines, key=lambda entry: entry["median_s"]) if baselines else None
+        terminalreporter.write_line(group)
+        rows = report[group] = {}
+        for name, entry in sorted(entries.items(), key=lambda item: item[1]["median_s"]):
+            row = rows[name] = dict(entry)
+            text = f"  {name:<28} {entry['median_s'] * 1e3:10.2f} ms  peak {format_bytes(entry['peak_bytes']):>10}"
+            if reference is not None and not entry["baseline"]:
+                row["speedup_vs_best_baseline"] = reference["median_s"] / entry["median_s"]
+                row["peak_ratio_vs_best_baseline"] = entry["peak_bytes"] / max(reference["peak_bytes"], 1)
+                text += (f"  {row['speedup_vs_best_baseline']:.2f}x faster than the best baseline,"
+                         f" {row['peak_ratio_vs_best_baseline']:.2f}x its peak bytes")
+            terminalreporter.write_line(text)
+    path = config.getoption("--bench-report")
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2))
