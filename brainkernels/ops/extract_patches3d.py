@@ -113,15 +113,11 @@ def _padding_bits(padding_value: float, dtype: torch.dtype) -> int:
     return int(signed.item()) & ((1 << width) - 1)
 
 
-def _geometry(volume_shape: list[int] | tuple[int, ...], centers: Tensor, size: int) -> tuple:
-    return list(volume_shape), centers.data_ptr(), centers.shape[0], size
-
-
 def _forward_cpu(volume: Tensor, centers: Tensor, size: int, padding_value: float) -> Tensor:
     patches = volume.new_empty((centers.shape[0], volume.shape[0], size, size, size))
-    shape, centers_ptr, count, size = _geometry(volume.shape, centers, size)
     _extension.load().extract_patches3d_forward_cpu(
-        volume.data_ptr(), volume.element_size(), shape, list(volume.stride()), centers_ptr, count, size,
+        volume.data_ptr(), volume.element_size(), list(volume.shape), list(volume.stride()), centers.data_ptr(),
+        centers.shape[0], size,
         _padding_bits(padding_value, volume.dtype), patches.data_ptr(), torch.get_num_threads(),
     )
     return patches
@@ -129,9 +125,9 @@ def _forward_cpu(volume: Tensor, centers: Tensor, size: int, padding_value: floa
 
 def _backward_cpu(grad_patches: Tensor, centers: Tensor, size: int, volume_shape: list[int]) -> Tensor:
     grad_volume = grad_patches.new_zeros(volume_shape)
-    shape, centers_ptr, count, size = _geometry(volume_shape, centers, size)
     _extension.load().extract_patches3d_backward_cpu(
-        grad_patches.data_ptr(), grad_patches.dtype == torch.float64, shape, centers_ptr, count, size,
+        grad_patches.data_ptr(), grad_patches.dtype == torch.float64, list(volume_shape), centers.data_ptr(),
+        centers.shape[0], size,
         grad_volume.data_ptr(), torch.get_num_threads(),
     )
     return grad_volume
@@ -143,10 +139,10 @@ def _cuda_stream(device: torch.device) -> int:
 
 def _forward_cuda(volume: Tensor, centers: Tensor, size: int, padding_value: float) -> Tensor:
     patches = volume.new_empty((centers.shape[0], volume.shape[0], size, size, size))
-    shape, centers_ptr, count, size = _geometry(volume.shape, centers, size)
     with torch.cuda.device(volume.device):
         _extension.load().extract_patches3d_forward_cuda(
-            volume.data_ptr(), volume.element_size(), shape, list(volume.stride()), centers_ptr, count, size,
+            volume.data_ptr(), volume.element_size(), list(volume.shape), list(volume.stride()), centers.data_ptr(),
+            centers.shape[0], size,
             _padding_bits(padding_value, volume.dtype), patches.data_ptr(), _cuda_stream(volume.device),
         )
     return patches
@@ -154,10 +150,10 @@ def _forward_cuda(volume: Tensor, centers: Tensor, size: int, padding_value: flo
 
 def _backward_cuda(grad_patches: Tensor, centers: Tensor, size: int, volume_shape: list[int]) -> Tensor:
     grad_volume = grad_patches.new_zeros(volume_shape)
-    shape, centers_ptr, count, size = _geometry(volume_shape, centers, size)
     with torch.cuda.device(grad_patches.device):
         _extension.load().extract_patches3d_backward_cuda(
-            grad_patches.data_ptr(), grad_patches.dtype == torch.float64, shape, centers_ptr, count, size,
+            grad_patches.data_ptr(), grad_patches.dtype == torch.float64, list(volume_shape), centers.data_ptr(),
+            centers.shape[0], size,
             grad_volume.data_ptr(), _cuda_stream(grad_patches.device),
         )
     return grad_volume
