@@ -19,6 +19,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(handle)
     temporary_path = Path(temporary)
+    # mkstemp creates owner-only files; outputs get the permissions of an ordinary new file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary_path, 0o666 & ~umask)
     try:
         yield temporary_path
         os.replace(temporary_path, target)

@@ -1,0 +1,232 @@
+"""The training loop shared by all methods: DDP, mixed precision, gradient accumulation,
+reproducible seeding, periodic evaluation, metrics, atomic checkpoints and resume.
+
+A method supplies a model factory, an optimiser factory, a loss function
+``loss_fn(model, batch) -> scalar`` and a map-style dataset. Every optimiser step uses
+``batch_size`` samples in total, split evenly over the ranks and, on each rank, into
+``micro_batches`` forward/backward passes; the gradient equals that of one pass over the whole
+batch, so 1 process and N processes give the same training (to rounding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from brainkernels.errors import BrainkernelsError
+from brainkernels.memory import StorageTracker, format_bytes
+from brainkernels.runtime import checkpoint
+from brainkernels.runtime.distributed import Distributed
+from brainkernels.runtime.progress import progress
+from brainkernels.runtime.run_folder import RunFolder
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    steps: int = field(default=1000, metadata={"help": "optimiser steps"})
+    batch_size: int = field(default=8, metadata={"help": "samples per optimiser step, over all processes"})
+    micro_batches: int = field(default=1, metadata={"help": "forward/backward passes per step and process "
+                                                             "(more: less memory, same result)"})
+    precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "mixed precision"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "where to train"})
+    seed: int = field(default=0, metadata={"help": "seed for weights, data order and sampling"})
+    log_every: int = field(default=10, metadata={"help": "steps between metrics rows"})
+    eval_every: int = field(default=0, metadata={"help": "steps between evaluations (0: only at the end)"})
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "micro_batches", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"key '{name}' must be at least 1; got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"key 'eval_every' must be 0 or more; got {self.eval_every}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    return torch.utils._pytree.tree_map(
+        lambda value: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value, batch
+    )
+
+
+@dataclass
+class Trainer:
+    """Trains ``build_model()`` for ``config.steps`` steps; ``fit()`` returns the trained model."""
+
+    method: str
+    build_model: Callable[[], nn.Module]
+    build_optimizer: Callable[[Any], torch.optim.Optimizer]
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor]
+    dataset: Dataset
+    config: TrainerConfig
+    distributed: Distributed
+    run: RunFolder | None = None
+    run_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    architecture_keys: tuple[str, ...] = ()
+    evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None
+    memory_advice: str = "--micro-batches (more passes per step) or --batch-size"
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        per_rank, remainder = divmod(self.config.batch_size, self.distributed.world_size * self.config.micro_batches)
+        if remainder or per_rank == 0:
+            raise BrainkernelsError(
+                f"batch_size {self.config.batch_size} must be a multiple of processes x micro_batches "
+                f"({self.distributed.world_size} x {self.config.micro_batches})")
+        self.micro_batch_size = per_rank
+        self.sampler = DistributedSampler(self.dataset, num_replicas=self.distributed.world_size,
+                                          rank=self.distributed.rank, shuffle=True, seed=self.config.seed,
+                                          drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // (per_rank * self.config.micro_batches)
+        if self.steps_per_epoch == 0:
+            raise BrainkernelsError(f"the dataset has {len(self.dataset)} samples, fewer than batch_size "
+                                    f"{self.config.batch_size}")
+        self.peak_bytes = 0
+
+    def _batches(self, start_step: int) -> Iterator[list[Any]]:
+        """The micro-batches of every step from ``start_step`` on, in a resumable order."""
+        step = start_step
+        while True:
+            epoch, offset = divmod(step, self.steps_per_epoch)
+            self.sampler.set_epoch(epoch)
+            indices = list(self.sampler)
+            size = self.micro_batch_size
+            chunks = [indices[i:i + size] for i in range(0, self.steps_per_epoch * self.config.micro_batches * size, size)]
+            # A private generator: creating a loader must not draw from the global RNG, or a resumed
+            # run (which creates one mid-epoch) would drift from an uninterrupted one.
+            loader = DataLoader(self.dataset, batch_sampler=chunks[offset * self.config.micro_batches:],
+                                generator=torch.Generator().manual_seed(self.config.seed))
+            iterator = iter(loader)
+            for _ in range(offset, self.steps_per_epoch):
+                yield [next(iterator) for _ in range(self.config.micro_batches)]
+            step = (epoch + 1) * self.steps_per_epoch
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        dtype = AUTOCAST_DTYPES.get(self.config.precision)
+        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def _measure(self, device: torch.device, measure: bool) -> contextlib.AbstractContextManager:
+        if not measure or device.type == "cuda":
+            return contextlib.nullcontext()
+        return StorageTracker()
+
+    def _step(self, model: nn.Module, optimizer, scaler, micro_batches: list[Any], device, measure: bool) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        if device.type == "cuda" and measure:
+            torch.cuda.reset_peak_memory_stats(device)
+            baseline = torch.cuda.memory_allocated(device)
+        with self._measure(device, measure) as tracker:
+            for index, batch in enumerate(micro_batches):
+                last = index == len(micro_batches) - 1
+                sync = contextlib.nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync()
+                with sync:
+                    with self._autocast(device):
+                        loss = self.loss_fn(model, _to_device(batch, device)) / len(micro_batches)
+                    scaler.scale(loss).backward()
+                total += loss.item()
+            scaler.step(optimizer)
+            scaler.update()
+        if measure:
+            step_peak = (torch.cuda.max_memory_allocated(device) - baseline if device.type == "cuda"
+                         else tracker.peak_bytes)
+            self.peak_bytes = max(self.peak_bytes, step_peak)
+        return total
+
+    def _out_of_memory(self, error: Exception) -> BrainkernelsError:
+        return BrainkernelsError(
+            f"out of GPU memory while training {self.method} (batch_size={self.config.batch_size}, "
+            f"micro_batches={self.config.micro_batches}, {self.micro_batch_size} samples per pass, "
+            f"precision={self.config.precision}); peak measured so far {format_bytes(self.peak_bytes)}. "
+            f"To use less memory, raise {self.memory_advice}. ({str(error).splitlines()[0]})")
+
+    def fit(self, resume: bool = False) -> nn.Module:
+        distributed, config = self.distributed, self.config
+        device = distributed.device
+        seed_everything(config.seed)
+        model = self.build_model().to(device)
+        optimizer = self.build_optimizer(model.parameters())
+        scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        start = 0
+        if self.run is not None and distributed.is_main:
+            checkpoint.remove_partial_checkpoints(self.run.checkpoints)
+        distributed.barrier()
+        if resume and self.run is not None and (latest := checkpoint.latest_checkpoint(self.run.checkpoints)):
+            state = checkpoint.load_checkpoint(latest, method=self.method, config=self.run_config,
+                                               architecture_keys=self.architecture_keys, map_location=device)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if state["scaler"] is not None:
+                scaler.load_state_dict(state["scaler"])
+            checkpoint.restore_rng(state["rng"])
+            start = state["step"]
+            if distributed.is_main:
+                self.run.truncate_metrics(start)
+        trained = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+            if distributed.active else model
+        bar = progress(total=config.steps, initial=start, desc=f"{self.method} training", quiet=self.quiet,
+                       main=distributed.is_main)
+        batches = self._batches(start)
+        started, samples = time.perf_counter(), 0
+        try:
+            for step in range(start + 1, config.steps + 1):
+                trained.train()
+                measure = step % config.log_every == 0 or step == start + 1
+                loss = self._step(trained, optimizer, scaler, next(batches), device, measure)
+                samples += config.batch_size
+                bar.update(1)
+                if step % config.log_every == 0 or step == config.steps:
+                    self._log(step, distributed.mean(loss), optimizer, samples / (time.perf_counter() - started), bar)
+                if self.evaluate is not None and ((config.eval_every and step % config.eval_every == 0)
+                                                  or step == config.steps):
+                    self._evaluate(model, step)
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    self._checkpoint(model, optimizer, scaler, step)
+        except torch.OutOfMemoryError as error:
+            raise self._out_of_memory(error) from None
+        finally:
+            bar.close()
+        return model
+
+    def _log(self, step: int, loss: float, optimizer, throughput: float, bar) -> None:
+        row = {"step": step, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+               "samples_per_s": throughput, "peak_bytes": self.peak_bytes}
+        bar.set_postfix(loss=f"{loss:.4g}")
+        if self.distributed.is_main and self.run is not None:
+            self.run.append_metrics(row)
+
+    def _evaluate(self, model: nn.Module, step: int) -> None:
+        if self.distributed.is_main:
+            model.eval()
+            with torch.no_grad():
+                results = self.evaluate(model, step)
+            if self.run is not None:
+                self.run.append_metrics({"step": step, **{f"eval/{key}": value for key, value in results.items()}})
+        self.distributed.barrier()
+
+    def _checkpoint(self, model: nn.Module, optimizer, scaler, step: int) -> None:
+        if self.distributed.is_main and self.run is not None:
+            checkpoint.save_checkpoint(self.run.checkpoints / checkpoint.checkpoint_name(step), method=self.method,
+                                       config=self.run_config, step=step, model=model, optimizer=optimizer,
+                                       scaler=scaler if scaler.is_enabled() else None)
+            checkpoint.prune_checkpoints(self.run.checkpoints, self.config.keep_checkpoints)
+        self.distributed.barrier()

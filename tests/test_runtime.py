@@ -1,0 +1,119 @@
+"""The training engine on a toy regression: determinism, accumulation, AMP, DDP, checkpoints, resume."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from brainkernels.errors import BrainkernelsError
+from brainkernels.runtime import RunFolder, checkpoint
+
+TOY = Path(__file__).with_name("toy_training.py")
+STEPS = ["--steps", "12", "--batch-size", "8", "--checkpoint-every", "4", "--log-every", "2", "--device", "cpu"]
+
+
+def train(out: Path, *options: str, processes: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, str(TOY)] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", str(TOY)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*launcher, "--out", str(out), *options], capture_output=True, text=True,
+                            timeout=600, env=environment, cwd=out.parent)
+    if check:
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+def weights(out: Path, rank: int = 0) -> dict[str, torch.Tensor]:
+    return torch.load(out / f"weights-rank{rank}.pt", weights_only=True)
+
+
+def assert_same_weights(first, second, **tolerance) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], **tolerance)
+
+
+def test_same_seed_same_weights_and_run_folder(tmp_path):
+    train(tmp_path / "a", *STEPS, "--dropout", "0.2")
+    train(tmp_path / "b", *STEPS, "--dropout", "0.2")
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"), rtol=0, atol=0)
+    run = RunFolder(tmp_path / "a")
+    rows = run.read_metrics()
+    assert [row["step"] for row in rows if "loss" in row] == [2, 4, 6, 8, 10, 12]
+    assert {"loss", "lr", "samples_per_s", "peak_bytes"} <= rows[0].keys() and rows[0]["peak_bytes"] > 0
+    assert any("eval/mse" in row for row in rows)
+    assert "batch_size = 8" in run.config.read_text()
+    # keep_checkpoints=2: the two latest remain, and a later command can load them.
+    assert sorted(path.name for path in run.checkpoints.iterdir()) == ["step-00000008.pt", "step-00000012.pt"]
+    state = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(run.checkpoints), method="toy")
+    assert state["step"] == 12 and state["config"]["batch_size"] == 8
+
+
+def test_gradient_accumulation_gives_the_same_training(tmp_path):
+    train(tmp_path / "whole", *STEPS)
+    train(tmp_path / "accumulated", *STEPS, "--micro-batches", "4")
+    assert_same_weights(weights(tmp_path / "whole"), weights(tmp_path / "accumulated"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(tmp_path, precision):
+    train(tmp_path / precision, *STEPS, "--precision", precision)
+    rows = [row for row in RunFolder(tmp_path / precision).read_metrics() if "loss" in row]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    if precision == "fp16":  # the grad scaler's state is part of the checkpoint
+        latest = checkpoint.latest_checkpoint(tmp_path / precision / "checkpoints")
+        assert checkpoint.load_checkpoint(latest, method="toy")["scaler"]["scale"] > 0
+
+
+def test_two_processes_match_one(tmp_path):
+    train(tmp_path / "ddp", *STEPS, processes=2)
+    train(tmp_path / "single", *STEPS)
+    assert_same_weights(weights(tmp_path / "ddp", 0), weights(tmp_path / "ddp", 1), rtol=0, atol=0)
+    assert_same_weights(weights(tmp_path / "ddp", 0), weights(tmp_path / "single"), rtol=1e-5, atol=1e-6)
+    assert len([row for row in RunFolder(tmp_path / "ddp").read_metrics() if "loss" in row]) == 6  # rank 0 only
+
+
+def test_resume_after_sigkill_while_writing_a_checkpoint(tmp_path):
+    train(tmp_path / "reference", *STEPS, "--dropout", "0.2")
+    killed = train(tmp_path / "killed", *STEPS, "--dropout", "0.2", "--kill-at-checkpoint", "8", check=False)
+    assert killed.returncode == -signal.SIGKILL
+    folder = tmp_path / "killed" / "checkpoints"
+    assert checkpoint.latest_checkpoint(folder).name == "step-00000004.pt"
+    assert list(folder.glob(".step-00000008.pt.*")), "the half-written checkpoint should be left as a temporary"
+    train(tmp_path / "killed", *STEPS, "--dropout", "0.2", "--resume")
+    assert_same_weights(weights(tmp_path / "reference"), weights(tmp_path / "killed"), rtol=0, atol=0)
+    assert not list(folder.glob(".step-*"))
+    steps = [row["step"] for row in RunFolder(tmp_path / "killed").read_metrics() if "loss" in row]
+    assert steps == [2, 4, 6, 8, 10, 12]
+
+
+def test_checkpoints_from_elsewhere_are_refused(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = checkpoint.save_checkpoint(tmp_path / "step-00000001.pt", method="ppr", config={"m": 16}, step=1,
+                                      model=model, optimizer=optimizer, scaler=None)
+    with pytest.raises(BrainkernelsError, match="checkpoint of method 'ppr' cannot be used for 'inr'"):
+        checkpoint.load_checkpoint(path, method="inr")
+    with pytest.raises(BrainkernelsError, match="incompatible configuration: m=16 in the checkpoint but 32 now"):
+        checkpoint.load_checkpoint(path, method="ppr", config={"m": 32}, architecture_keys=("m",))
+    assert checkpoint.load_checkpoint(path, method="ppr", config={"m": 16}, architecture_keys=("m",))["step"] == 1
+
+    class Payload:  # anything but plain data must not be unpickled
+        def __reduce__(self):
+            return (os.system, ("echo should-not-run",))
+
+    torch.save({"format": checkpoint.FORMAT, "evil": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(BrainkernelsError, match="not a loadable brainkernels checkpoint"):
+        checkpoint.load_checkpoint(tmp_path / "evil.pt", method="ppr")
+    (tmp_path / "broken.pt").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(BrainkernelsError, match="broken.pt: not a loadable"):
+        checkpoint.load_checkpoint(tmp_path / "broken.pt", method="ppr")
+
+
+def test_batch_size_must_split_over_processes_and_micro_batches(tmp_path):
+    result = train(tmp_path / "bad", *STEPS, "--micro-batches", "3", check=False)
+    assert result.returncode != 0 and "batch_size 8 must be a multiple of processes x micro_batches" in result.stderr

@@ -1,0 +1,90 @@
+"""A toy regression trained through the real Trainer. The runtime tests start it as a script,
+alone or under torchrun, and read the run folder and the final weights it writes."""
+
+import argparse
+import os
+import signal
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, checkpoint, config, setup, teardown
+
+
+class NoisyPlane(Dataset):
+    """y = x . w + noise, the same samples in every process."""
+
+    def __init__(self, count: int = 64) -> None:
+        generator = torch.Generator().manual_seed(1234)
+        self.x = torch.randn(count, 4, generator=generator)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(count, generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int):
+        return self.x[index], self.y[index]
+
+
+def build_model(dropout: float) -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(dropout), nn.Linear(16, 1))
+
+
+def loss_fn(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return F.mse_loss(model(x).squeeze(-1), y)
+
+
+def kill_while_writing_checkpoint(step: int) -> None:
+    """Fault injection: at checkpoint ``step``, write half of the file, then SIGKILL this process."""
+    real_save = torch.save
+
+    def save(payload, path):
+        if payload.get("step") != step:
+            return real_save(payload, path)
+        real_save(payload, path)
+        with open(path, "r+b") as handle:
+            handle.truncate(os.path.getsize(path) // 2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    checkpoint.torch.save = save
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--kill-at-checkpoint", type=int, default=None)
+    # Dropout draws from each process's own RNG, so runs with it match only runs with as many processes.
+    parser.add_argument("--dropout", type=float, default=0.0)
+    config.add_arguments(parser, TrainerConfig)
+    arguments = parser.parse_args(argv)
+    trainer_config = config.config_from_arguments(TrainerConfig, arguments)
+    if arguments.kill_at_checkpoint is not None:
+        kill_while_writing_checkpoint(arguments.kill_at_checkpoint)
+    distributed = setup(trainer_config.device)
+    torch.use_deterministic_algorithms(True)
+    run = RunFolder(arguments.out)
+    if distributed.is_main:
+        run.create()
+        config.write_toml(trainer_config, run.config)
+    distributed.barrier()
+    trainer = Trainer(
+        method="toy", build_model=lambda: build_model(arguments.dropout), build_optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+        loss_fn=loss_fn, dataset=NoisyPlane(), config=trainer_config, distributed=distributed, run=run,
+        run_config=config.to_dict(trainer_config), quiet=True,
+        evaluate=lambda model, step: {"mse": F.mse_loss(model(NoisyPlane().x).squeeze(-1), NoisyPlane().y).item()},
+    )
+    model = trainer.fit(resume=arguments.resume)
+    torch.save(model.state_dict(), run.root / f"weights-rank{distributed.rank}.pt")
+    teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
