@@ -1,10 +1,15 @@
-"""The `brainkernels` command."""
+"""The `brainkernels` command: `brainkernels <command> [<verb>] [options]`, `--help` on every level."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from brainkernels.errors import BrainkernelsError
+
+# Errors of the user's input (files, folders, values) are shown as one line; --debug shows the traceback.
+USER_ERRORS = (BrainkernelsError, FileNotFoundError, PermissionError, ValueError)
 
 
 def _info(arguments: argparse.Namespace) -> int:
@@ -20,8 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="brainkernels",
         description="Memory-efficient deep learning for 3D brain MRI and CT.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    info_parser = commands.add_parser("info", help="versions, available backends and devices")
+    info_parser = commands.add_parser("info", help="versions, available backends and devices",
+                                      description="Versions, available backends and devices.")
     info_parser.add_argument("--json", action="store_true", help="print the report as JSON")
     info_parser.set_defaults(run=_info)
     return parser
@@ -29,7 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    return arguments.run(arguments)
+    try:
+        return arguments.run(arguments)
+    except USER_ERRORS as error:
+        if arguments.debug:
+            raise
+        print(f"brainkernels {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("brainkernels: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

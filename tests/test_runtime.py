@@ -1,5 +1,6 @@
 """The training engine on a toy regression: determinism, accumulation, AMP, DDP, checkpoints, resume."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from brainkernels.errors import BrainkernelsError
-from brainkernels.runtime import RunFolder, checkpoint
+from brainkernels.runtime import Distributed, RunFolder, checkpoint
+from brainkernels.runtime.inference import run_cohort
 
 TOY = Path(__file__).with_name("toy_training.py")
 STEPS = ["--steps", "12", "--batch-size", "8", "--checkpoint-every", "4", "--log-every", "2", "--device", "cpu"]
@@ -75,6 +77,10 @@ def test_two_processes_match_one(tmp_path):
     assert_same_weights(weights(tmp_path / "ddp", 0), weights(tmp_path / "ddp", 1), rtol=0, atol=0)
     assert_same_weights(weights(tmp_path / "ddp", 0), weights(tmp_path / "single"), rtol=1e-5, atol=1e-6)
     assert len([row for row in RunFolder(tmp_path / "ddp").read_metrics() if "loss" in row]) == 6  # rank 0 only
+    sharded = [json.loads((tmp_path / "ddp" / f"predictions-rank{rank}.json").read_text()) for rank in (0, 1)]
+    single = json.loads((tmp_path / "single" / "predictions-rank0.json").read_text())
+    assert len(single) == 7 and sharded[0] == sharded[1]
+    torch.testing.assert_close(torch.tensor(sharded[0]), torch.tensor(single), rtol=1e-5, atol=1e-6)
 
 
 def test_resume_after_sigkill_while_writing_a_checkpoint(tmp_path):
@@ -117,3 +123,14 @@ def test_checkpoints_from_elsewhere_are_refused(tmp_path):
 def test_batch_size_must_split_over_processes_and_micro_batches(tmp_path):
     result = train(tmp_path / "bad", *STEPS, "--micro-batches", "3", check=False)
     assert result.returncode != 0 and "batch_size 8 must be a multiple of processes x micro_batches" in result.stderr
+
+
+def test_out_of_memory_says_what_was_running_and_what_to_lower():
+    def infer(item):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    alone = Distributed(rank=0, world_size=1, device=torch.device("cpu"))
+    with pytest.raises(BrainkernelsError, match=r"out of GPU memory during dense inference of scan-3 "
+                                                r"\(tile=128\).*lower --tile.*Tried to allocate 2.00 GiB"):
+        run_cohort(["scan-3"], infer, alone, description="dense inference", sizes="tile=128", advice="lower --tile",
+                   quiet=True)

@@ -2,6 +2,7 @@
 alone or under torchrun, and read the run folder and the final weights it writes."""
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, checkpoint, config, setup, teardown
+from brainkernels.runtime.inference import run_cohort
 
 
 class NoisyPlane(Dataset):
@@ -82,6 +84,10 @@ def main(argv=None) -> int:
     )
     model = trainer.fit(resume=arguments.resume)
     torch.save(model.state_dict(), run.root / f"weights-rank{distributed.rank}.pt")
+    # Cohort inference sharded over the ranks: every rank must see all results, in order.
+    cohort = [torch.full((1, 4), float(index)) for index in range(7)]
+    predictions = run_cohort(cohort, lambda x: model(x).item(), distributed, description="toy inference", quiet=True)
+    (run.root / f"predictions-rank{distributed.rank}.json").write_text(json.dumps(predictions))
     teardown()
     return 0
 

@@ -51,7 +51,10 @@ def _coerce(kind: Any, value: Any, key: str, source: str) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise error
-        return tuple(_coerce(typing.get_args(kind)[0], item, key, source) for item in items)
+        try:
+            return tuple(_coerce(typing.get_args(kind)[0], item, key, source) for item in items)
+        except ConfigError:
+            raise error from None
     if kind is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
