@@ -1,0 +1,71 @@
+"""BraTS2020 cohorts (PatchDDM): ``ROOT/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``, one folder
+per subject; validation subjects have no ``seg`` (see docs/data-layouts.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from brainkernels.data.layouts.common import find_nifti, load_label_map, require_cohort_folder, visible_entries
+from brainkernels.data.volume import Volume, load_nifti, stack_modalities
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+"""Channel order of a subject's image."""
+SEG_LABELS = frozenset({0, 1, 2, 4})
+SEG_MEANING = "0 background, 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing tumour"
+_LAYOUT = "a BraTS2020 cohort: one BraTS20_*_XXX/ folder per subject"
+
+
+@dataclass(frozen=True)
+class BraTSSubject:
+    subject_id: str
+    t1: Path
+    t1ce: Path
+    t2: Path
+    flair: Path
+    seg: Path | None
+
+    @property
+    def modality_paths(self) -> dict[str, Path]:
+        """The four image files in channel order (``MODALITIES``)."""
+        return {modality: getattr(self, modality) for modality in MODALITIES}
+
+
+def read_brats(root: str | Path) -> list[BraTSSubject]:
+    """Describe the subjects under ``root``, sorted by id (no image is loaded). Files at the top
+    level (BraTS ships ``name_mapping.csv`` and ``survival_info.csv`` there) are ignored."""
+    root = require_cohort_folder(root, _LAYOUT)
+    folders = [entry for entry in visible_entries(root) if entry.is_dir()]
+    if not folders:
+        raise ValueError(f"{root}: no subject folders (expected {_LAYOUT})")
+    return [_read_subject(folder) for folder in folders]
+
+
+def load_brats_image(subject: BraTSSubject) -> Volume:
+    """The four modalities as a (4, D, H, W) volume in ``MODALITIES`` order, after checking that
+    they share shape and affine."""
+    return stack_modalities({modality: load_nifti(path) for modality, path in subject.modality_paths.items()})
+
+
+def load_brats_seg(subject: BraTSSubject) -> Volume:
+    """The label map (0, 1, 2, 4) of a training subject."""
+    if subject.seg is None:
+        raise ValueError(f"subject {subject.subject_id!r} has no segmentation (a validation subject?)")
+    return load_label_map(subject.seg, SEG_LABELS, SEG_MEANING)
+
+
+def whole_tumour(seg: Tensor) -> Tensor:
+    """The whole-tumour mask (every tumour label merged, as PatchDDM segments it): ``seg > 0``."""
+    return seg > 0
+
+
+def _read_subject(folder: Path) -> BraTSSubject:
+    subject_id = folder.name
+    paths = {}
+    for modality in (*MODALITIES, "seg"):
+        paths[modality] = find_nifti(folder, f"{subject_id}_{modality}")
+        if paths[modality] is None and modality != "seg":
+            raise FileNotFoundError(f"{folder / f'{subject_id}_{modality}.nii.gz'}: no such file")
+    return BraTSSubject(subject_id, **paths)
