@@ -1,0 +1,98 @@
+"""PPR anomaly maps: the position error E_x = ||x - f(p_x)|| at every voxel.
+
+``dense`` evaluates the fully convolutional rewrite tile by tile (memory bounded by the tile,
+not the volume); ``patchwise`` is the paper's procedure, one network evaluation per patch,
+in chunks. Both give the same map.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from brainkernels.ops import extract_patches3d
+from brainkernels.ppr.model import PPRNet
+
+
+def normalised_positions(centers: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """Voxel indices (N, 3) -> positions in [0, 1]^3, the regression target."""
+    extent = torch.tensor([max(size - 1, 1) for size in shape], dtype=torch.float32, device=centers.device)
+    return centers.float() / extent
+
+
+def _grid_centers(grid: list[int], stride: int, start: int, stop: int, device: torch.device) -> Tensor:
+    """Centres number ``start`` to ``stop`` of the grid of every ``stride``-th voxel, (n, 3) int64.
+
+    Made chunk by chunk: a whole 256^3 grid of int64 centres alone would take 400 MB.
+    """
+    index = torch.arange(start, stop, device=device)
+    return torch.stack(torch.unravel_index(index, grid), dim=1) * stride
+
+
+@torch.no_grad()
+def predict_patchwise(model: PPRNet, volume: Tensor, *, stride: int = 1, chunk: int = 2048,
+                      padding_value: float = 0.0) -> Tensor:
+    """(3, D', H', W') predicted positions of the patches centred every ``stride`` voxels."""
+    if stride < 1 or chunk < 1:
+        raise ValueError(f"stride and chunk must be at least 1; got stride={stride}, chunk={chunk}")
+    grid = [len(range(0, size, stride)) for size in volume.shape[1:]]
+    output = volume.new_empty((3, grid[0] * grid[1] * grid[2]))
+    for start in range(0, output.shape[1], chunk):
+        stop = min(start + chunk, output.shape[1])
+        centers = _grid_centers(grid, stride, start, stop, volume.device)
+        output[:, start:stop] = model(extract_patches3d(volume, centers, model.patch, padding_value)).T
+    return output.reshape(3, *grid)
+
+
+@torch.no_grad()
+def predict_dense(model: PPRNet, volume: Tensor, *, tile: int = 32, padding_value: float = 0.0) -> Tensor:
+    """(3, D, H, W) predicted positions of the patches centred at every voxel, one tile at a time."""
+    if tile < 1:
+        raise ValueError(f"tile must be at least 1; got {tile}")
+    shape = tuple(volume.shape[1:])
+    patch, half = model.patch, model.patch // 2
+    output = volume.new_empty((3, *shape))
+    for z in range(0, shape[0], tile):
+        for y in range(0, shape[1], tile):
+            for x in range(0, shape[2], tile):
+                extent = [min(tile, size - start) for size, start in zip(shape, (z, y, x))]
+                # The tile's input with its halo, read by the patch kernel so the volume border is
+                # padded exactly as the patches of the patchwise mode are.
+                region_size = tile + patch - 1
+                region_start = torch.tensor([[z - half, y - half, x - half]], device=volume.device)
+                region = extract_patches3d(volume, region_start + region_size // 2, region_size, padding_value)
+                predicted = model.forward_dense(region)[0]
+                output[:, z:z + extent[0], y:y + extent[1], x:x + extent[2]] = \
+                    predicted[:, :extent[0], :extent[1], :extent[2]]
+    return output
+
+
+def anomaly_map(model: PPRNet, volume: Tensor, *, mode: Literal["dense", "patchwise"] = "dense", tile: int = 32,
+                stride: int = 1, chunk: int = 2048, padding_value: float = 0.0) -> Tensor:
+    """(D, H, W) position error at every voxel of a (C, D, H, W) volume.
+
+    With ``patchwise`` and ``stride`` > 1 only every stride-th patch is evaluated and the error
+    map is interpolated (trilinear) to the full grid, as in the paper's reduced-resolution runs.
+    """
+    if volume.dim() != 4 or volume.shape[0] != model.channels:
+        raise ValueError(f"volume must have shape ({model.channels}, D, H, W) for this model; got {tuple(volume.shape)}")
+    if mode not in ("dense", "patchwise"):
+        raise ValueError(f"mode must be 'dense' or 'patchwise'; got {mode!r}")
+    model.eval()
+    shape = tuple(volume.shape[1:])
+    if mode == "dense":
+        predicted, stride = predict_dense(model, volume, tile=tile, padding_value=padding_value), 1
+    else:
+        predicted = predict_patchwise(model, volume, stride=stride, chunk=chunk, padding_value=padding_value)
+    squared = torch.zeros_like(predicted[0])
+    for axis, size in enumerate(shape):
+        # The true position of each evaluated voxel along this axis, broadcast over the others.
+        position = torch.arange(0, size, stride, device=volume.device, dtype=predicted.dtype) / max(size - 1, 1)
+        squared += (predicted[axis] - position.view([-1 if a == axis else 1 for a in range(3)])) ** 2
+    error = squared.sqrt()
+    if stride > 1:
+        error = F.interpolate(error[None, None], size=shape, mode="trilinear", align_corners=True)[0, 0]
+    return error

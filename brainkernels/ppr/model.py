@@ -1,0 +1,136 @@
+"""The PPR network (Bieder et al., MIDL 2022) and its exact fully convolutional rewrite.
+
+The network maps an s^3 patch to its normalised position in the volume. All convolutions are
+unpadded ("valid") and every average pooling sees an even size, so the output depends on exactly
+the s^3 input voxels. That makes the per-voxel evaluation of the paper rewritable as one dense
+pass over the (padded) volume: pooling with stride 2 becomes pooling with stride 1 and every
+later layer is dilated by the accumulated stride (the "a trous" rewrite). Both modes use the same
+modules and weights and give the same numbers. Dilated convolutions are slow on CPUs, so the
+dense mode folds the interleaved sub-grids into the batch instead (see ``_fold``).
+
+Layout for size m and patch s (s = 31):
+    Conv(m, 4) 31->28, AvgPool 28->14          "Downsample"
+    Residual(m): two Conv(m, 3) 14->10 + centre-cropped skip
+    Conv(2m, 3) 10->8, AvgPool 8->4            "Downsample"
+    Conv(4m, 4) 4->1                           affine layer over the whole remaining field
+    Conv(4m, 1), Conv(3, 1)                    affine layers
+Convolutions are spectrally normalised, as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+MIN_PATCH, MAX_PATCH = 19, 63
+
+
+def _even_conv_kernel(size: int) -> int:
+    """Kernel (3 or 4) whose valid convolution leaves an even size for the pooling after it."""
+    return 3 if (size - 2) % 2 == 0 else 4
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Kernel sizes of the network for one patch size."""
+
+    stem: int
+    middle: int
+    head: int
+
+    @classmethod
+    def for_patch(cls, patch: int) -> Geometry:
+        if not MIN_PATCH <= patch <= MAX_PATCH:
+            raise ValueError(f"patch must be between {MIN_PATCH} and {MAX_PATCH} voxels; got {patch}")
+        stem = _even_conv_kernel(patch)
+        size = (patch - stem + 1) // 2 - 4  # after the first pooling and the residual block
+        middle = _even_conv_kernel(size)
+        head = (size - middle + 1) // 2
+        return cls(stem, middle, head)
+
+
+def _conv(in_channels: int, out_channels: int, kernel: int) -> nn.Module:
+    return spectral_norm(nn.Conv3d(in_channels, out_channels, kernel))
+
+
+class Residual(nn.Module):
+    """Two valid 3^3 convolutions; the skip is cropped to the same (smaller) field."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.first = _conv(channels, channels, 3)
+        self.second = _conv(channels, channels, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.second(F.relu(self.first(x)))
+        return F.relu(x[..., 2:-2, 2:-2, 2:-2] + y)
+
+
+def _fold(x: Tensor) -> Tensor:
+    """(B, C, D, H, W) -> (8B, C, D/2, H/2, W/2): the 8 interleaved sub-grids as a batch.
+
+    A convolution dilated by 2 is the plain convolution of each sub-grid, so the dense network
+    runs undilated (fast) convolutions. Odd sizes are padded at the end: valid convolutions look
+    only forward, so the padding reaches only outputs past the tile, which are cropped.
+    """
+    pad = [0, x.shape[4] % 2, 0, x.shape[3] % 2, 0, x.shape[2] % 2]
+    x = F.pad(x, pad)
+    b, c, d, h, w = x.shape
+    x = x.view(b, c, d // 2, 2, h // 2, 2, w // 2, 2).permute(3, 5, 7, 0, 1, 2, 4, 6)
+    return x.reshape(8 * b, c, d // 2, h // 2, w // 2)
+
+
+def _unfold(x: Tensor) -> Tensor:
+    """Inverse of :func:`_fold`."""
+    b8, c, d, h, w = x.shape
+    x = x.view(2, 2, 2, b8 // 8, c, d, h, w).permute(3, 4, 5, 0, 6, 1, 7, 2)
+    return x.reshape(b8 // 8, c, 2 * d, 2 * h, 2 * w)
+
+
+class PPRNet(nn.Module):
+    """Patch position regression network of size ``m`` for ``patch``^3 patches with ``channels`` channels."""
+
+    def __init__(self, m: int = 16, patch: int = 31, channels: int = 1) -> None:
+        super().__init__()
+        if m < 1:
+            raise ValueError(f"m must be at least 1; got {m}")
+        self.m, self.patch, self.channels = m, patch, channels
+        geometry = Geometry.for_patch(patch)
+        self.stem = _conv(channels, m, geometry.stem)
+        self.residual = Residual(m)
+        self.middle = _conv(m, 2 * m, geometry.middle)
+        self.head = _conv(2 * m, 4 * m, geometry.head)
+        self.hidden = _conv(4 * m, 4 * m, 1)
+        self.out = nn.Conv3d(4 * m, 3, 1)
+
+    def _pool(self, x: Tensor, dense: bool) -> Tensor:
+        # Dense: stride 1 keeps an output for every patch position; the later layers would then
+        # need dilation 2, which folding the sub-grids into the batch turns into plain convolutions.
+        return _fold(F.avg_pool3d(x, 2, stride=1)) if dense else F.avg_pool3d(x, 2)
+
+    def _layers(self, x: Tensor, dense: bool) -> Tensor:
+        x = self._pool(F.relu(self.stem(x)), dense)
+        x = self.residual(x)
+        x = self._pool(F.relu(self.middle(x)), dense)
+        x = F.relu(self.hidden(F.relu(self.head(x))))
+        x = self.out(x)
+        return _unfold(_unfold(x)) if dense else x
+
+    def forward(self, patches: Tensor) -> Tensor:
+        """(N, C, s, s, s) patches -> (N, 3) predicted normalised positions."""
+        if patches.dim() != 5 or tuple(patches.shape[1:]) != (self.channels, *(self.patch,) * 3):
+            raise ValueError(f"patches must have shape (N, {self.channels}, {self.patch}, {self.patch}, "
+                             f"{self.patch}); got {tuple(patches.shape)}")
+        return self._layers(patches, dense=False).flatten(1)
+
+    def forward_dense(self, padded: Tensor) -> Tensor:
+        """Predictions for every patch position of a padded region (1, C, D+s-1, H+s-1, W+s-1) -> (1, 3, D, H, W).
+
+        Output voxel (d, h, w) equals ``forward`` on the patch whose first voxel is (d, h, w).
+        """
+        size = [extent - self.patch + 1 for extent in padded.shape[2:]]
+        return self._layers(padded, dense=True)[..., :size[0], :size[1], :size[2]]

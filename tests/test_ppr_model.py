@@ -1,0 +1,103 @@
+"""PPR network: the dense (fully convolutional) rewrite equals the paper's patchwise evaluation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from brainkernels.memory import measure_peak
+from brainkernels.ops import extract_patches3d
+from brainkernels.ppr.infer import anomaly_map, normalised_positions, predict_dense, predict_patchwise
+from brainkernels.ppr.model import MAX_PATCH, MIN_PATCH, PPRNet
+
+
+def trained_looking(model: PPRNet) -> PPRNet:
+    """Untrained spectral-normalised weights give tiny outputs; scale the last layer so errors show."""
+    with torch.no_grad():
+        model.out.weight.mul_(50)
+    return model.eval()
+
+
+@pytest.mark.parametrize("m", [1, 4])
+@pytest.mark.parametrize("patch", [19, 24, 31, 32])
+def test_dense_equals_patchwise_at_random_and_border_voxels(m, patch):
+    torch.manual_seed(m * 100 + patch)
+    model = trained_looking(PPRNet(m=m, patch=patch))
+    volume = torch.randn(1, 13, 17, 11)
+    dense = predict_dense(model, volume, tile=8, padding_value=-1.0)
+    corners = torch.tensor([[0, 0, 0], [12, 16, 10], [0, 16, 0], [12, 0, 10], [6, 8, 5]])
+    centers = torch.cat([corners, torch.stack([torch.randint(0, n, (20,)) for n in (13, 17, 11)], dim=1)])
+    with torch.no_grad():
+        patchwise = model(extract_patches3d(volume, centers, patch, -1.0))
+    torch.testing.assert_close(dense[:, centers[:, 0], centers[:, 1], centers[:, 2]].T, patchwise,
+                               rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=8, deadline=None)
+@given(shape=st.tuples(*[st.integers(1, 12)] * 3), tile=st.integers(1, 14), channels=st.integers(1, 2))
+def test_anomaly_maps_agree_for_any_shape_and_tile(shape, tile, channels):
+    torch.manual_seed(sum(shape) + tile)
+    model = trained_looking(PPRNet(m=1, patch=19, channels=channels))
+    volume = torch.rand(channels, *shape)
+    dense = anomaly_map(model, volume, mode="dense", tile=tile)
+    patchwise = anomaly_map(model, volume, mode="patchwise", chunk=97)
+    assert dense.shape == shape
+    torch.testing.assert_close(dense, patchwise, rtol=1e-5, atol=1e-6)
+
+
+def test_anomaly_map_is_the_position_error():
+    torch.manual_seed(0)
+    model = trained_looking(PPRNet(m=2, patch=19))
+    volume = torch.rand(1, 6, 7, 8)
+    predicted = predict_dense(model, volume)
+    centers = torch.tensor([[5, 0, 3]])
+    expected = torch.linalg.vector_norm(predicted[:, 5, 0, 3] - normalised_positions(centers, (6, 7, 8))[0])
+    assert anomaly_map(model, volume)[5, 0, 3] == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_strided_patchwise_is_interpolated_to_the_full_grid():
+    model = trained_looking(PPRNet(m=1, patch=19))
+    volume = torch.rand(1, 9, 9, 9)
+    assert predict_patchwise(model, volume, stride=4).shape == (3, 3, 3, 3)
+    coarse = anomaly_map(model, volume, mode="patchwise", stride=4)
+    full = anomaly_map(model, volume)
+    assert coarse.shape == (9, 9, 9)
+    torch.testing.assert_close(coarse[::4, ::4, ::4], full[::4, ::4, ::4], rtol=1e-5, atol=1e-6)
+
+
+def test_dense_memory_does_not_grow_with_the_volume_beyond_its_output():
+    """On the meta device (exact, no memory needed): the same tile costs the same whatever the volume."""
+    model = PPRNet(m=16).to("meta").eval()
+    extra = {}
+    for side in (64, 128):
+        volume = torch.empty(1, side, side, side, device="meta")
+        peak = measure_peak(lambda: predict_dense(model, volume, tile=32), device="meta").peak_bytes
+        extra[side] = peak - 3 * side**3 * 4  # minus the (3, D, H, W) output
+    assert extra[64] == extra[128] > 0
+
+
+@pytest.mark.parametrize("patch", [MIN_PATCH - 1, MAX_PATCH + 1])
+def test_patch_size_out_of_range(patch):
+    with pytest.raises(ValueError, match=f"patch must be between {MIN_PATCH} and {MAX_PATCH}"):
+        PPRNet(patch=patch)
+
+
+def test_bad_shapes_are_named():
+    model = PPRNet(m=1, patch=19)
+    with pytest.raises(ValueError, match=r"patches must have shape \(N, 1, 19, 19, 19\)"):
+        model(torch.zeros(2, 1, 18, 19, 19))
+    with pytest.raises(ValueError, match=r"volume must have shape \(1, D, H, W\)"):
+        anomaly_map(model, torch.zeros(2, 8, 8, 8))
+    with pytest.raises(ValueError, match="mode must be 'dense' or 'patchwise'"):
+        anomaly_map(model, torch.zeros(1, 8, 8, 8), mode="fast")
+
+
+def test_padding_matches_the_patch_convention():
+    """The dense pass pads the volume border exactly like extract_patches3d does."""
+    model = trained_looking(PPRNet(m=1, patch=20))
+    volume = torch.rand(1, 5, 5, 5)
+    padded = F.pad(volume, (10, 9) * 3, value=0.25)
+    with torch.no_grad():
+        direct = model.forward_dense(padded[None])[0]
+    torch.testing.assert_close(predict_dense(model, volume, padding_value=0.25), direct)
