@@ -1,0 +1,76 @@
+"""`brainkernels ppr train|detect|evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+
+from brainkernels.runtime import config
+
+
+def _train(arguments: argparse.Namespace) -> int:
+    from brainkernels.ppr.train import PPRConfig, train
+
+    settings = config.config_from_arguments(PPRConfig, arguments)
+    run = train(arguments.data, arguments.out, settings, resume=arguments.resume, quiet=arguments.quiet)
+    print(f"trained {settings.model} (m={settings.m}); run folder: {run}")
+    return 0
+
+
+def _detect(arguments: argparse.Namespace) -> int:
+    from brainkernels.ppr.evaluate import detect
+
+    written = detect(arguments.model, arguments.input, arguments.out, mode=arguments.mode, tile=arguments.tile,
+                     device=arguments.device, quiet=arguments.quiet)
+    print(f"wrote {len(written)} anomaly map(s) with PNG overlays to {arguments.out}")
+    return 0
+
+
+def _evaluate(arguments: argparse.Namespace) -> int:
+    from brainkernels.ppr.evaluate import evaluate
+
+    aurocs = evaluate(arguments.model, arguments.data, arguments.out, mode=arguments.mode, tile=arguments.tile,
+                      device=arguments.device, quiet=arguments.quiet)
+    print(f"{'structure':<26} AUROC")
+    for name, value in aurocs.items():
+        print(f"{name:<26} {value:.3f}")
+    return 0
+
+
+def _inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="RUN", help="run folder written by `ppr train`")
+    parser.add_argument("--mode", choices=("dense", "patchwise"), default="dense",
+                        help="dense: exact fully convolutional evaluation (fast); patchwise: one patch per voxel")
+    parser.add_argument("--tile", type=int, default=64, help="dense tile edge in voxels (memory grows with it)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register_command(commands) -> None:
+    ppr = commands.add_parser("ppr", help="patch position regression: anomaly detection in head CT",
+                              description="Patch position regression (Bieder et al., MIDL 2022).")
+    verbs = ppr.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    train = verbs.add_parser("train", help="train on the healthy scans of a CQ500-style cohort",
+                             description="Train PPR (or --model ae, the autoencoder baseline) on healthy scans.")
+    train.add_argument("--data", required=True, help="CQ500-style folder (reads.csv, scans/)")
+    train.add_argument("--out", required=True, metavar="RUN", help="run folder")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    from brainkernels.ppr.train import PPRConfig
+
+    config.add_arguments(train, PPRConfig)
+    train.set_defaults(run=_train)
+
+    detect = verbs.add_parser("detect", help="anomaly maps (NIfTI + PNG) for scans",
+                              description="Write an anomaly map per scan, with the scan's geometry, and a PNG.")
+    _inference_options(detect)
+    detect.add_argument("--input", required=True, help="a .nii/.nii.gz scan or a folder of them")
+    detect.add_argument("--out", required=True, help="output folder")
+    detect.set_defaults(run=_detect)
+
+    evaluate = verbs.add_parser("evaluate", help="per-structure ROC/AUROC on the held-out scans",
+                                description="Score held-out healthy and all anomalous scans per structure.")
+    _inference_options(evaluate)
+    evaluate.add_argument("--data", required=True, help="CQ500-style folder with structures.nii.gz")
+    evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
+    evaluate.set_defaults(run=_evaluate)

@@ -1,0 +1,97 @@
+"""PPR inputs: co-registered, histogram-equalised CT volumes with foreground masks, and the
+training items (a volume's patches with their true positions)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from brainkernels.data.layouts.cq500 import CQ500Scan
+from brainkernels.data.preprocess import check_coregistration, equalize_ct, foreground_mask
+from brainkernels.data.volume import Volume, load_nifti
+from brainkernels.errors import BrainkernelsError
+from brainkernels.ops import extract_patches3d
+from brainkernels.ppr.infer import normalised_positions
+
+
+@dataclass(frozen=True)
+class PreparedScan:
+    name: str
+    volume: Volume  # equalised to [0, 1], air 0
+    mask: Tensor  # (D, H, W) bool foreground
+
+
+def prepare(path) -> PreparedScan:
+    """Load a CT in Hounsfield units and equalise it as in the paper."""
+    volume = equalize_ct(load_nifti(path))
+    mask = foreground_mask(volume)
+    if not mask.any():
+        raise BrainkernelsError(f"{path}: the scan is all background")
+    name = volume.path.name.removesuffix(".gz").removesuffix(".nii") if volume.path else "scan"
+    return PreparedScan(name, volume, mask)
+
+
+def prepare_cohort(scans: list[CQ500Scan]) -> list[PreparedScan]:
+    """Prepare ``scans`` and check they share one grid (PPR needs co-registered inputs)."""
+    prepared = [prepare(scan.path) for scan in scans]
+    shapes = {item.volume.shape for item in prepared}
+    if len(shapes) > 1:
+        raise BrainkernelsError(f"the scans are not on one grid (shapes {sorted(shapes)}): PPR needs co-registered "
+                                "scans; run `brainkernels preprocess --pipeline ct` and register them first")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        check_coregistration([item.volume for item in prepared])
+    return prepared
+
+
+def near_foreground(mask: Tensor, patch: int) -> Tensor:
+    """(D, H, W) bool: the patch centred at each voxel holds some foreground."""
+    half = patch // 2
+    padded = F.pad(mask[None, None].float(), (half, patch - 1 - half) * 3)
+    return F.max_pool3d(padded, patch, stride=1)[0, 0] > 0
+
+
+class PositionPatches(Dataset):
+    """One item per training volume: ``count`` patches at uniformly drawn centres, their true
+    normalised positions, and whether each holds any foreground (all-background patches are
+    left out of the loss, as in the paper). Centres come from torch's global generator, which
+    the trainer seeds and checkpoints."""
+
+    def __init__(self, scans: list[PreparedScan], patch: int, count: int) -> None:
+        if not scans:
+            raise BrainkernelsError("no healthy training scans")
+        self.scans, self.patch, self.count = scans, patch, count
+        self.keep = [near_foreground(scan.mask, patch) for scan in scans]
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        volume = self.scans[index].volume.data
+        shape = tuple(volume.shape[1:])
+        centers = torch.stack([torch.randint(0, size, (self.count,)) for size in shape], dim=1)
+        return {
+            "patches": extract_patches3d(volume, centers, self.patch),
+            "targets": normalised_positions(centers, shape),
+            "keep": self.keep[index][centers[:, 0], centers[:, 1], centers[:, 2]],
+        }
+
+
+class WholeVolumes(Dataset):
+    """One item per training volume, for the autoencoder baseline."""
+
+    def __init__(self, scans: list[PreparedScan]) -> None:
+        if not scans:
+            raise BrainkernelsError("no healthy training scans")
+        self.scans = scans
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {"image": self.scans[index].volume.data}

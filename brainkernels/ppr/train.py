@@ -1,0 +1,117 @@
+"""Training PPR (or the autoencoder baseline) on the healthy scans of a CQ500-style cohort."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from brainkernels.data.layouts.cq500 import read_cq500
+from brainkernels.data.layouts.splits import split_by_subject
+from brainkernels.errors import BrainkernelsError
+from brainkernels.ppr import reference_grid
+from brainkernels.ppr.autoencoder import AutoEncoder
+from brainkernels.ppr.data import PositionPatches, WholeVolumes, prepare_cohort
+from brainkernels.ppr.model import PPRNet
+from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, setup, teardown
+
+METHOD = "ppr"
+ARCHITECTURE_KEYS = ("model", "m", "patch")
+TEST_FRACTION = 0.2  # of the healthy scans, held out with all anomalous scans (paper: 21 of 132)
+
+
+@dataclass(frozen=True)
+class PPRConfig(TrainerConfig):
+    model: Literal["ppr", "ae"] = field(default="ppr", metadata={"help": "ppr, or the autoencoder baseline ae"})
+    m: int = field(default=16, metadata={"help": "network size (channels and widths scale with it)"})
+    patch: int = field(default=31, metadata={"help": "patch edge in voxels"})
+    patches_per_step: int = field(default=256, metadata={"help": "patches drawn from each volume per step"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (paper: 1e-4 PPR, 1e-3 AE)"})
+    batch_size: int = field(default=1, metadata={"help": "volumes per optimiser step"})
+    steps: int = field(default=2000, metadata={"help": "optimiser steps"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the train/test split of the healthy scans"})
+
+
+def healthy_split(scans, seed: int) -> tuple[list, list]:
+    """(training scans, held-out scans): a share of the healthy scans is held out for testing."""
+    healthy = [scan for scan in scans if scan.healthy]
+    if not healthy:
+        raise BrainkernelsError("the cohort has no healthy scans to train on")
+    split = split_by_subject([scan.name for scan in healthy], (1 - TEST_FRACTION, 0.0, TEST_FRACTION), seed)
+    train = [scan for scan in healthy if scan.name in split.train]
+    return train, [scan for scan in scans if scan.name not in split.train]
+
+
+def build_model(settings: PPRConfig) -> nn.Module:
+    return PPRNet(settings.m, settings.patch) if settings.model == "ppr" else AutoEncoder(settings.m)
+
+
+def position_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Mean ||x - f(p_x)|| over the patches that hold any foreground."""
+    patches = batch["patches"].flatten(0, 1)
+    predicted = model(patches).float()
+    distance = torch.linalg.vector_norm(predicted - batch["targets"].flatten(0, 1), dim=1)
+    keep = batch["keep"].flatten().float()
+    return (distance * keep).sum() / keep.sum().clamp(min=1)
+
+
+def reconstruction_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    image = batch["image"]
+    return F.l1_loss(model(image).float(), image)
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, settings: PPRConfig, *, resume: bool = False,
+          quiet: bool = False) -> Path:
+    """Train on the healthy training scans of the cohort at ``data``; the run folder is ``out``."""
+    distributed = setup(settings.device)
+    try:
+        cohort = read_cq500(data)
+        training, _ = healthy_split(cohort.scans, settings.split_seed)
+        prepared = prepare_cohort(training)
+        dataset = PositionPatches(prepared, settings.patch, settings.patches_per_step) if settings.model == "ppr" \
+            else WholeVolumes(prepared)
+        run = RunFolder(out)
+        if distributed.is_main:
+            run.create()
+            config.write_toml(settings, run.config)
+            reference_grid.save_footprints(run, prepared)
+        distributed.barrier()
+        trainer = Trainer(
+            method=METHOD, build_model=lambda: build_model(settings),
+            build_optimizer=lambda parameters: torch.optim.Adam(parameters, lr=settings.lr),
+            loss_fn=position_loss if settings.model == "ppr" else reconstruction_loss, dataset=dataset,
+            config=settings, distributed=distributed, run=run, run_config=config.to_dict(settings),
+            architecture_keys=ARCHITECTURE_KEYS, quiet=quiet,
+            memory_advice="--patches-per-step or --m" if settings.model == "ppr" else "--batch-size or --m",
+        )
+        trainer.fit(resume=resume)
+        return run.root
+    finally:
+        teardown()
+
+
+def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, PPRConfig]:
+    """The model of a PPR run folder (its latest checkpoint) and the run's configuration."""
+    from brainkernels.runtime import checkpoint
+
+    run = RunFolder(run_dir)
+    if not run.config.is_file():
+        raise BrainkernelsError(f"{run.root}: not a run folder (no config.toml)")
+    try:
+        settings = config.load_config(PPRConfig, run.config)
+    except BrainkernelsError as error:
+        raise BrainkernelsError(f"{run.root}: not a PPR run ({error})") from None
+    latest = checkpoint.latest_checkpoint(run.checkpoints)
+    if latest is None:
+        raise BrainkernelsError(f"{run.root}: the run has no checkpoint yet")
+    state = checkpoint.load_checkpoint(latest, method=METHOD, config=config.to_dict(settings),
+                                       architecture_keys=ARCHITECTURE_KEYS)
+    model = build_model(settings)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), dataclasses.replace(settings)
