@@ -56,7 +56,9 @@ def _synchronized(fn, device: torch.device):
 def compare(benchmark, device):
     """``compare(group, name, fn, baseline=False, **info)``: time ``fn`` and measure its peak bytes."""
 
-    def run(group: str, name: str, fn, baseline: bool = False, **info):
+    def run(group: str, name: str, fn, baseline: bool = False, extrapolate: float = 1.0, **info):
+        """``extrapolate``: the timed call does 1/extrapolate of the group's work (a baseline too
+        slow to run whole); its time is scaled up in the summary and said so."""
         peak = measure_peak(fn, device=device)
         benchmark.group = group
         benchmark.extra_info.update(
@@ -66,8 +68,9 @@ def compare(benchmark, device):
         )
         benchmark.pedantic(_synchronized(fn, device), rounds=5, warmup_rounds=1, iterations=1)
         if benchmark.stats is not None:
-            _results[group][name] = {"median_s": benchmark.stats.stats.median, "peak_bytes": peak.peak_bytes,
-                                     "baseline": baseline, **info}
+            _results[group][name] = {"median_s": benchmark.stats.stats.median * extrapolate,
+                                     "peak_bytes": peak.peak_bytes, "baseline": baseline,
+                                     "extrapolated_from_fraction": 1 / extrapolate, **info}
 
     return run
 
@@ -85,6 +88,11 @@ def pytest_terminal_summary(terminalreporter, config):
         for name, entry in sorted(entries.items(), key=lambda item: item[1]["median_s"]):
             row = rows[name] = dict(entry)
             text = f"  {name:<28} {entry['median_s'] * 1e3:10.2f} ms  peak {format_bytes(entry['peak_bytes']):>10}"
+            if entry["extrapolated_from_fraction"] != 1:
+                text += f" (time extrapolated from {entry['extrapolated_from_fraction']:.3g} of the work)"
+            for key, value in entry.items():
+                if key.endswith("_bytes") and key != "peak_bytes":
+                    text += f"  {key} {format_bytes(value)}"
             if reference is not None and not entry["baseline"]:
                 row["speedup_vs_best_baseline"] = reference["median_s"] / entry["median_s"]
                 row["peak_ratio_vs_best_baseline"] = entry["peak_bytes"] / max(reference["peak_bytes"], 1)
