@@ -1,0 +1,85 @@
+"""PPR end to end on a small synthetic CQ500-style cohort: train -> detect -> evaluate, from the
+command line and the Python API, for PPR and the autoencoder baseline."""
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brainkernels.data.synth.cohort import write_cohort
+from brainkernels.errors import BrainkernelsError
+from brainkernels.ppr.evaluate import detect, evaluate
+from brainkernels.ppr.train import PPRConfig, load_trained, train
+
+SHAPE = 32
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cq500")
+    write_cohort("cq500", root, subjects=12, shape=SHAPE, seed=3)
+    return root
+
+
+def brainkernels(*argv, cwd):
+    return subprocess.run([sys.executable, "-m", "brainkernels", *argv], capture_output=True, text=True, cwd=cwd)
+
+
+def test_command_line_train_detect_evaluate(cohort, tmp_path):
+    run = tmp_path / "run"
+    trained = brainkernels("ppr", "train", "--data", str(cohort), "--out", str(run), "--m", "2", "--patch", "19",
+                           "--steps", "6", "--patches-per-step", "32", "--checkpoint-every", "3", "--device", "cpu",
+                           "--quiet", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    scan = sorted((cohort / "scans").iterdir())[0]
+    detected = brainkernels("ppr", "detect", "--model", str(run), "--input", str(scan), "--out", str(tmp_path / "maps"),
+                            "--quiet", cwd=tmp_path)
+    assert detected.returncode == 0, detected.stderr
+    name = scan.name.removesuffix(".nii.gz")
+    anomaly = nib.load(tmp_path / "maps" / f"{name}_anomaly.nii.gz")
+    assert anomaly.shape == (SHAPE,) * 3
+    np.testing.assert_allclose(anomaly.affine, nib.as_closest_canonical(nib.load(scan)).affine, atol=1e-5)
+    assert (tmp_path / "maps" / f"{name}_anomaly.png").stat().st_size > 10_000
+    evaluated = brainkernels("ppr", "evaluate", "--model", str(run), "--data", str(cohort), "--quiet", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "left hemisphere bleed" in evaluated.stdout
+    for output in ("scores.csv", "auroc.csv", "roc.png"):
+        assert (run / "evaluation" / output).is_file()
+
+
+def test_python_api_with_the_autoencoder_baseline(cohort, tmp_path):
+    settings = PPRConfig(model="ae", m=2, steps=3, batch_size=2, checkpoint_every=3, device="cpu", lr=1e-3)
+    run = train(cohort, tmp_path / "ae", settings, quiet=True)
+    model, loaded = load_trained(run)
+    assert loaded == settings and type(model).__name__ == "AutoEncoder"
+    aurocs = evaluate(run, cohort, tmp_path / "evaluation", quiet=True)
+    assert set(aurocs) == {"left hemisphere bleed", "right hemisphere bleed", "fracture (skull)"}
+    assert all(np.isnan(value) or 0 <= value <= 1 for value in aurocs.values())
+    written = detect(run, cohort / "scans", tmp_path / "maps", quiet=True)
+    assert len(written) == 12
+
+
+def test_bad_inputs_are_refused(cohort, tmp_path):
+    run = train(cohort, tmp_path / "run", PPRConfig(m=1, patch=19, steps=1, patches_per_step=8, device="cpu"),
+                quiet=True)
+    wrong_shape = tmp_path / "small.nii.gz"
+    head = np.pad(np.random.default_rng(0).uniform(0, 80, (12, 12, 12)), 4, constant_values=-1000)
+    nib.save(nib.Nifti1Image(head.astype(np.float32), np.eye(4)), wrong_shape)
+    with pytest.raises(BrainkernelsError, match=r"shape \(20, 20, 20\) differs from the training grid"):
+        detect(run, wrong_shape, tmp_path / "out", quiet=True)
+    air = tmp_path / "air.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((SHAPE,) * 3, -1000, np.float32), np.eye(4)), air)
+    with pytest.raises(BrainkernelsError, match="the scan is all background"):
+        detect(run, air, tmp_path / "out", quiet=True)
+    nan_scan = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((SHAPE,) * 3, np.nan, np.float32), np.eye(4)), nan_scan)
+    with pytest.raises(ValueError, match="NaN or infinite voxels"):
+        detect(run, nan_scan, tmp_path / "out", quiet=True)
+    with pytest.raises(BrainkernelsError, match="not a run folder"):
+        load_trained(tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.toml").write_text("latent_size = 128\n")
+    with pytest.raises(BrainkernelsError, match="not a PPR run"):
+        load_trained(tmp_path / "other")
