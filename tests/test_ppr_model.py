@@ -101,3 +101,16 @@ def test_padding_matches_the_patch_convention():
     with torch.no_grad():
         direct = model.forward_dense(padded[None])[0]
     torch.testing.assert_close(predict_dense(model, volume, padding_value=0.25), direct)
+
+
+@pytest.mark.parametrize("patch", [19, 20])
+def test_near_foreground_is_the_patch_cube_maximum(patch):
+    from brainkernels.ppr.data import near_foreground
+
+    mask = torch.rand(20, 21, 22, generator=torch.Generator().manual_seed(patch)) > 0.995
+    half = patch // 2
+    expected = F.max_pool3d(F.pad(mask[None, None].float(), (half, patch - 1 - half) * 3), patch, stride=1)[0, 0] > 0
+    assert torch.equal(near_foreground(mask, patch), expected)
+    centers = torch.tensor([[0, 0, 0], [10, 10, 10], [19, 20, 21]])
+    holds = extract_patches3d(mask[None].float(), centers, patch).flatten(1).amax(1) > 0
+    assert torch.equal(near_foreground(mask, patch)[centers[:, 0], centers[:, 1], centers[:, 2]], holds)

@@ -53,7 +53,10 @@ def near_foreground(mask: Tensor, patch: int) -> Tensor:
     """(D, H, W) bool: the patch centred at each voxel holds some foreground."""
     half = patch // 2
     padded = F.pad(mask[None, None].float(), (half, patch - 1 - half) * 3)
-    return F.max_pool3d(padded, patch, stride=1)[0, 0] > 0
+    # A cube maximum is three line maxima: patch-fold fewer comparisons than one cube pooling.
+    for kernel in ((patch, 1, 1), (1, patch, 1), (1, 1, patch)):
+        padded = F.max_pool3d(padded, kernel, stride=1)
+    return padded[0, 0] > 0
 
 
 class PositionPatches(Dataset):
