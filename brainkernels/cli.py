@@ -32,9 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser.add_argument("--json", action="store_true", help="print the report as JSON")
     info_parser.set_defaults(run=_info)
     from brainkernels.data.preprocess_command import register_command as register_preprocess
+    from brainkernels.data.synth.command import register_command as register_synth
     from brainkernels.ppr.command import register_command as register_ppr
 
     register_preprocess(commands)
+    register_synth(commands)
     register_ppr(commands)
     return parser
 
