@@ -39,10 +39,13 @@ STRUCTURES = {
 
 
 def _maps(model, scan, mode: str, tile: int) -> dict[str, torch.Tensor]:
-    """The anomaly map(s) of a prepared scan: one for PPR, one per post-filter for the AE."""
+    """The anomaly map(s) of a prepared scan, zero outside the head: one for PPR, one per
+    post-filter for the AE. Outside the head there is no anatomy that could be anomalous, and
+    PPR never trains on all-air patches, so its error there means nothing."""
+    head = scan.mask.to(scan.volume.data.device)
     if isinstance(model, AutoEncoder):
-        return {name: reconstruction_error(model, scan.volume.data, filter=name) for name in ("erosion", "median")}
-    return {"ppr": anomaly_map(model, scan.volume.data, mode=mode, tile=tile)}
+        return {name: reconstruction_error(model, scan.volume.data, filter=name) * head for name in ("erosion", "median")}
+    return {"ppr": anomaly_map(model, scan.volume.data, mode=mode, tile=tile) * head}
 
 
 def _input_files(path: Path) -> list[Path]:
@@ -77,7 +80,10 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
             target = out / f"{scan.name}_anomaly.nii.gz"
             save_nifti(Volume(error[None], scan.volume.affine), target)
             peak = np.unravel_index(int(error.argmax()), error.shape)
+            # Show the highest tenth of the head's errors, so the scan stays visible under them.
+            low = float(torch.quantile(error[scan.mask][:1_000_000], 0.9))
             figure = orthogonal_slices(scan.volume.data[0], point=peak, overlay=error, overlay_label="position error",
+                                       overlay_range=(low, max(float(error.max()), low + 1e-6)),
                                        title=f"{scan.name}: PPR anomaly map (max {error.max():.3f})"
                                        + (f"\n{warning}" if warning else ""))
             save_figure(figure, out / f"{scan.name}_anomaly.png")
