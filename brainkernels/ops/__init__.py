@@ -7,10 +7,13 @@ from brainkernels.ops.extract_patches3d import (
     extract_patches3d_backward_reference,
     extract_patches3d_reference,
 )
+from brainkernels.ops.group_norm_silu import group_norm_silu, group_norm_silu_reference
 
 __all__ = [
     "MAX_PATCH_SIZE",
     "extract_patches3d",
     "extract_patches3d_backward_reference",
     "extract_patches3d_reference",
+    "group_norm_silu",
+    "group_norm_silu_reference",
 ]
