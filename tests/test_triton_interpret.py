@@ -11,7 +11,7 @@ import pytest
 
 from brainkernels import backends
 
-BACKEND_TESTS = ["test_extract_patches3d.py", "test_group_norm_silu.py"]
+BACKEND_TESTS = ["test_coordinate_mlp.py", "test_extract_patches3d.py", "test_group_norm_silu.py"]
 
 
 @pytest.mark.skipif(not backends.triton_installed(), reason="triton is not installed")

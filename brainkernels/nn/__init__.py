@@ -1,6 +1,14 @@
 """Drop-in torch.nn modules built on brainkernels ops."""
 
+from brainkernels.nn.coordinate_mlp import CoordinateMLP, CoordinateMLPLayer, ReferenceCoordinateMLP
 from brainkernels.nn.group_norm import GroupNormSiLU, convert_module
 from brainkernels.nn.patches import PatchExtractor3d
 
-__all__ = ["GroupNormSiLU", "PatchExtractor3d", "convert_module"]
+__all__ = [
+    "CoordinateMLP",
+    "CoordinateMLPLayer",
+    "GroupNormSiLU",
+    "PatchExtractor3d",
+    "ReferenceCoordinateMLP",
+    "convert_module",
+]

@@ -1,6 +1,7 @@
 """brainkernels ops: each a ``torch.library.custom_op`` in the ``brainkernels::`` namespace,
 with a fake (meta) implementation, an autograd formula and a plain-PyTorch reference."""
 
+from brainkernels.ops.coordinate_mlp import coordinate_mlp, coordinate_mlp_reference, grid_coordinates
 from brainkernels.ops.extract_patches3d import (
     MAX_PATCH_SIZE,
     extract_patches3d,
@@ -11,9 +12,13 @@ from brainkernels.ops.group_norm_silu import group_norm_silu, group_norm_silu_re
 
 __all__ = [
     "MAX_PATCH_SIZE",
+    "coordinate_mlp",
+    "coordinate_mlp_reference",
     "extract_patches3d",
     "extract_patches3d_backward_reference",
     "extract_patches3d_reference",
+    "group_norm_silu",
+    "grid_coordinates",
     "group_norm_silu",
     "group_norm_silu_reference",
 ]

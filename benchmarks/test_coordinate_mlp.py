@@ -1,0 +1,169 @@
+"""coordinate_mlp: the fused INR beside the plain-PyTorch network as the paper's code runs it
+(expand + concatenate + MLP, activations stored by autograd), time and peak bytes in one run.
+
+The paper's network throughout: WIRE, width 128, depth 8, latent 128, omega = scale = 10, full
+residual (232,450 parameters), float32. Groups:
+
+- forward of a 32^3 grid (64^3 with --bench-scale full): fused, reference eager, reference under
+  torch.compile (compiled before timing; its peak is that of the eager graph, because Dynamo does
+  not trace under the storage tracker's dispatch mode).
+- training forward + backward of that grid (latent and every weight require grad), and one
+  latent-fitting step (the paper's inference: network fixed, only the latent requires grad),
+  fused vs eager (compiled too at full scale).
+- on the meta device, the paper's 256^3: evaluating the whole volume, and one latent-fitting step
+  over all its voxels, fused vs the reference in micro-batches of 1 % of the volume (the paper's
+  ``micro_batch_ratio``), the coordinate grid made once, outputs written into one preallocated
+  volume; peak bytes only (a meta "time" is bookkeeping). Every micro-batch frees all it made but
+  its output slice (and the latent's gradient), so the peak of the whole pass is the peak of any
+  micro-batch: the reference runs three (first, middle, last) to keep the suite short.
+
+``extra_info`` holds ``voxels_per_s`` beside the fixture's peak bytes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brainkernels.nn import CoordinateMLP, ReferenceCoordinateMLP
+from brainkernels.ops.coordinate_mlp import grid_coordinates
+
+PAPER = dict(dims=3, latent_size=128, width=128, depth=8, activation="wire", omega=10.0, scale=10.0, residual=True)
+VOLUME = (256, 256, 256)
+MICRO_BATCH = math.ceil(math.prod(VOLUME) * 0.01)
+
+
+def _pair(device: torch.device):
+    """The fused module and the reference with the same weights, and a small latent."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        fused = CoordinateMLP(**PAPER, device=device)
+        latent = 0.1 * torch.randn(128, device=device)
+    reference = ReferenceCoordinateMLP(**PAPER, device=device)
+    reference.load_state_dict(fused.state_dict())
+    return fused, reference, latent
+
+
+def _record_rate(benchmark, voxels: int) -> None:
+    if benchmark.stats is not None:
+        benchmark.extra_info["voxels_per_s"] = voxels / benchmark.stats.stats.median
+
+
+def _side(scale: str) -> int:
+    return 64 if scale == "full" else 32
+
+
+@pytest.mark.parametrize("name", ["brainkernels", "reference (eager)", "reference (torch.compile)"])
+def test_forward(compare, benchmark, device, scale, name):
+    side = _side(scale)
+    shape = (side, side, side)
+    fused, reference, latent = _pair(device)
+    coords = grid_coordinates(shape, device=device)  # the reference's input, made outside the timing
+    if name == "brainkernels":
+        def run():
+            with torch.no_grad():
+                return fused(shape, 0.5, latent)
+    else:
+        model = torch.compile(reference) if "compile" in name else reference
+
+        def run():
+            with torch.no_grad():
+                return model(coords, 0.5, latent)
+
+        run()  # compile (or warm up) outside the measurement
+    compare(f"INR forward {side}^3 (paper network, fp32)", name, run, baseline=name != "brainkernels",
+            voxels=math.prod(shape), output_bytes=4 * math.prod(shape))
+    _record_rate(benchmark, math.prod(shape))
+
+
+def _training_step(model, voxels, latent, target, weights: bool):
+    model.requires_grad_(weights)
+    latent = latent.clone().requires_grad_()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        latent.grad = None
+        F.mse_loss(model(voxels, 0.5, latent), target).backward()
+
+    return step
+
+
+@pytest.mark.parametrize("weights", [True, False], ids=["training", "latent fitting"])
+@pytest.mark.parametrize("name", ["brainkernels", "reference (eager)", "reference (torch.compile)"])
+def test_forward_backward(compare, benchmark, device, scale, name, weights):
+    if "compile" in name and scale != "full":
+        pytest.skip("compiling the reference's backward takes most of a minute; --bench-scale full runs it")
+    side = _side(scale)
+    shape = (side, side, side)
+    fused, reference, latent = _pair(device)
+    target = torch.rand(shape, generator=torch.Generator().manual_seed(1)).to(device)
+    if name == "brainkernels":
+        step = _training_step(fused, shape, latent, target, weights)
+    else:
+        model = torch.compile(reference) if "compile" in name else reference
+        coords = grid_coordinates(shape, device=device)
+        step = _training_step(model, coords, latent, target.flatten(), weights)
+        step()
+    what = "training step (latent + weights)" if weights else "latent-fitting step (network fixed)"
+    compare(f"INR {what} {side}^3", name, step, baseline=name != "brainkernels", voxels=math.prod(shape))
+    _record_rate(benchmark, math.prod(shape))
+
+
+def _require_cpu_tracker(device: torch.device) -> None:
+    if device.type != "cpu":
+        pytest.skip("the meta-device memory groups run with --bench-device cpu (the storage tracker)")
+
+
+def _micro_batches(count: int) -> list[int]:
+    """Starts of the first, a middle and the last micro-batch (see the module doc)."""
+    last = (count - 1) // MICRO_BATCH * MICRO_BATCH
+    return sorted({0, last // 2 // MICRO_BATCH * MICRO_BATCH, last})
+
+
+@pytest.mark.parametrize("name", ["brainkernels", "reference (micro-batches of 1%)"])
+def test_memory_of_a_256_cube_evaluation(compare, device, name):
+    _require_cpu_tracker(device)
+    fused, reference, latent = _pair(torch.device("meta"))
+    count = math.prod(VOLUME)
+    if name == "brainkernels":
+        def run():
+            with torch.no_grad():
+                return fused(VOLUME, 0.5, latent)
+    else:
+        def run():
+            with torch.no_grad():
+                coords = grid_coordinates(VOLUME, device="meta")
+                out = torch.empty(count, device="meta")
+                for start in _micro_batches(count):
+                    out[start:start + MICRO_BATCH] = reference(coords[start:start + MICRO_BATCH], 0.5, latent)
+                return out.view(VOLUME)
+    compare("INR evaluate 256^3 (meta: peak bytes only)", name, run, baseline=name != "brainkernels",
+            memory_device="meta", output_bytes=4 * count, micro_batch_voxels=MICRO_BATCH)
+
+
+@pytest.mark.parametrize("name", ["brainkernels", "reference (micro-batches of 1%)"])
+def test_memory_of_a_256_cube_latent_fitting_step(compare, device, name):
+    _require_cpu_tracker(device)
+    fused, reference, latent = _pair(torch.device("meta"))
+    target = torch.empty(VOLUME, device="meta")
+    count = math.prod(VOLUME)
+    if name == "brainkernels":
+        step = _training_step(fused, VOLUME, latent, target, weights=False)
+    else:
+        reference.requires_grad_(False)
+        latent = latent.clone().requires_grad_()
+        flat_target = target.flatten()
+
+        def step():  # accumulate the latent's gradient micro-batch by micro-batch
+            latent.grad = None
+            coords = grid_coordinates(VOLUME, device="meta")
+            for start in _micro_batches(count):
+                out = reference(coords[start:start + MICRO_BATCH], 0.5, latent)
+                loss = F.mse_loss(out, flat_target[start:start + MICRO_BATCH], reduction="sum") / count
+                loss.backward()
+    compare("INR latent-fitting step over 256^3 (meta: peak bytes only)", name, step,
+            baseline=name != "brainkernels", memory_device="meta", output_bytes=4 * count,
+            micro_batch_voxels=MICRO_BATCH)
