@@ -17,7 +17,6 @@ __all__ = [
     "extract_patches3d",
     "extract_patches3d_backward_reference",
     "extract_patches3d_reference",
-    "group_norm_silu",
     "grid_coordinates",
     "group_norm_silu",
     "group_norm_silu_reference",
