@@ -21,6 +21,8 @@ from brainkernels.ops.coordinate_mlp import (
     packed_size,
 )
 
+# This op has no CUDA C++ kernel: on CUDA tensors Triton runs.
+BACKEND_CASES = [case for case in BACKEND_CASES if case.values[1] in ("cpu", "triton")]
 GRIDS = {2: (9, 11), 3: (5, 7, 3)}  # odd sizes: blocks of 16 leave remainders
 POINTS = 37
 
