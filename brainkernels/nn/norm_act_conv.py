@@ -1,0 +1,192 @@
+"""GroupNorm + SiLU + convolution as one module that stores no activation of its own.
+
+In a plain ``conv(silu(group_norm(x)))`` autograd keeps three full-size tensors for backward:
+the normalised tensor, the activation and (for the convolution's weight gradient) the activation
+again. :class:`GroupNormSiLUConv` keeps only its input ``x`` (which the caller holds anyway: it is
+the previous layer's output or a U-Net skip) and recomputes the cheap elementwise part,
+``a = silu(group_norm(x))``, in backward to get the convolution's weight gradient. The
+convolution itself is never recomputed: this is not gradient checkpointing.
+
+With ``skip`` and ``emb`` the normalised tensor is ``(x + skip) / 2 + emb`` (PatchDDM's averaged
+U-Net skip and timestep embedding), computed inside the fused GroupNorm op, so the average is
+never stored either.
+
+Inference (no grad, 3D) does not materialise the activation at all: the group statistics are
+gathered first, then the activation is made and convolved one slab of ``SLAB`` planes (plus a
+one-plane halo) at a time, written into the output. A U-Net's sampling peak then holds the skips,
+the block's input and its output, not an extra activation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from brainkernels.ops.group_norm_silu import group_norm_silu, group_norm_silu_reference
+
+_CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+SLAB = 8  # planes per inference slab
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the convolution runs in: autocast's, when autocast is on for ``x``'s device."""
+    if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _without_autocast(x: Tensor):
+    if x.device.type in ("cpu", "cuda"):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+class _NormActConv(torch.autograd.Function):
+    """conv(silu(group_norm((x + skip) / 2 + emb))); saves the inputs only."""
+
+    @staticmethod
+    def forward(ctx, x, skip, emb, norm_weight, norm_bias, conv_weight, conv_bias, num_groups, eps, padding):
+        dtype = _compute_dtype(x)
+        ctx.settings = (num_groups, eps, padding, dtype)
+        with torch.no_grad(), _without_autocast(x):
+            activation = _normalise(x, skip, emb, norm_weight, norm_bias, num_groups, eps)
+            out = _convolve(activation.to(dtype), conv_weight, conv_bias, padding)
+        ctx.save_for_backward(x, skip, emb, norm_weight, norm_bias, conv_weight, conv_bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, skip, emb, norm_weight, norm_bias, conv_weight, conv_bias = ctx.saved_tensors
+        num_groups, eps, padding, dtype = ctx.settings
+        norm_inputs = [x, skip, emb, norm_weight, norm_bias]
+        wanted = [t is not None and need for t, need in zip(norm_inputs, ctx.needs_input_grad[:5])]
+        leaves = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(norm_inputs, wanted)]
+        with torch.enable_grad(), _without_autocast(x):
+            activation = _normalise(*leaves, num_groups, eps)
+        grad_out = grad_out.to(dtype)
+        dims = x.dim() - 2
+        grad_activation, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_out, activation.detach().to(dtype), conv_weight.to(dtype),
+            None if conv_bias is None else [conv_bias.shape[0]], [1] * dims, [padding] * dims, [1] * dims, False,
+            [0] * dims, 1, [any(wanted), ctx.needs_input_grad[5], conv_bias is not None and ctx.needs_input_grad[6]])
+        grads = [None] * 5
+        if any(wanted):
+            inputs = [leaf for leaf, want in zip(leaves, wanted) if want]
+            computed = iter(torch.autograd.grad(activation, inputs, grad_activation.to(activation.dtype)))
+            grads = [next(computed) if want else None for want in wanted]
+        grad_weight = None if grad_weight is None else grad_weight.to(conv_weight.dtype)
+        grad_bias = None if grad_bias is None else grad_bias.to(conv_bias.dtype)
+        return (*grads, grad_weight, grad_bias, None, None, None)
+
+
+def _normalise(x, skip, emb, weight, bias, num_groups, eps) -> Tensor:
+    weight, bias = _cast(weight, x.dtype), _cast(bias, x.dtype)
+    return group_norm_silu(x, num_groups, weight, bias, eps, skip=skip, emb=_cast(emb, x.dtype))
+
+
+def _convolve(activation: Tensor, weight: Tensor, bias: Optional[Tensor], padding: int) -> Tensor:
+    dtype = activation.dtype
+    return _CONVOLUTIONS[activation.dim() - 2](activation, _cast(weight, dtype), _cast(bias, dtype), padding=padding)
+
+
+def _statistics_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _slab_input(x: Tensor, skip: Optional[Tensor], emb: Optional[Tensor], start: int, stop: int) -> Tensor:
+    """``(x + skip) / 2 + emb`` on planes ``start:stop`` of the first spatial axis, in float32
+    (float64 for float64 inputs)."""
+    dtype = _statistics_dtype(x)
+    y = x[:, :, start:stop].to(dtype, copy=True)
+    if skip is not None:
+        y = y.add_(skip[:, :, start:stop].to(dtype)).mul_(0.5)
+    if emb is not None:
+        y = y.add_(emb.to(dtype).reshape(*emb.shape, 1, 1, 1))
+    return y
+
+
+def _group_statistics(x: Tensor, skip, emb, num_groups: int, eps: float) -> tuple[Tensor, Tensor]:
+    """(N, G) mean and rstd of ``(x + skip) / 2 + emb``, combined over slabs (Chan et al.)."""
+    count, mean, m2 = 0, None, None
+    for start in range(0, x.shape[2], SLAB):
+        y = _slab_input(x, skip, emb, start, start + SLAB).reshape(x.shape[0], num_groups, -1)
+        slab_count = y.shape[2]
+        var, slab_mean = torch.var_mean(y, dim=2, correction=0)
+        if mean is None:
+            count, mean, m2 = slab_count, slab_mean, var * slab_count
+            continue
+        delta = slab_mean - mean
+        total = count + slab_count
+        mean = mean + delta * slab_count / total
+        m2 = m2 + var * slab_count + delta.square() * count * slab_count / total
+        count = total
+    return mean, torch.rsqrt(m2 / count + eps)
+
+
+def _slab_inference(x, skip, emb, norm: nn.GroupNorm, conv: nn.Conv3d) -> Tensor:
+    mean, rstd = _group_statistics(x, skip, emb, norm.num_groups, norm.eps)
+    n, channels, depth = x.shape[:3]
+    group_size = channels // norm.num_groups
+    scale = rstd.repeat_interleave(group_size, dim=1)
+    shift = -mean.repeat_interleave(group_size, dim=1) * scale
+    if norm.weight is not None:
+        weight, bias = norm.weight.to(scale.dtype), norm.bias.to(scale.dtype)
+        scale, shift = scale * weight, shift * weight + bias
+    scale, shift = scale.reshape(n, channels, 1, 1, 1), shift.reshape(n, channels, 1, 1, 1)
+    dtype, halo = _compute_dtype(x), conv.padding[0]
+    out = x.new_empty((n, conv.out_channels, *x.shape[2:]), dtype=dtype)
+    for start in range(0, depth, SLAB):
+        stop = min(start + SLAB, depth)
+        low, high = max(start - halo, 0), min(stop + halo, depth)
+        activation = F.silu(_slab_input(x, skip, emb, low, high).mul_(scale).add_(shift)).to(dtype)
+        # zero "same" padding of the whole volume along the slab axis, the halo elsewhere
+        activation = F.pad(activation, (0, 0, 0, 0, halo - (start - low), halo - (high - stop)))
+        out[:, :, start:stop] = F.conv3d(activation, _cast(conv.weight, dtype), _cast(conv.bias, dtype),
+                                         padding=(0, halo, halo))
+    return out
+
+
+class GroupNormSiLUConv(nn.Module):
+    """``conv(silu(group_norm((x + skip) / 2 + emb)))`` (``skip``, ``emb`` optional) with stride 1
+    and "same" padding, for 1D, 2D and 3D inputs.
+
+    Parameters are an ``nn.GroupNorm`` (``norm``) and an ``nn.Conv{dims}d`` (``conv``), so
+    checkpoints of the plain composition load unchanged. With ``fused=False`` the module runs
+    that plain composition (the reference the tests and benchmarks compare with).
+    """
+
+    def __init__(self, num_groups: int, in_channels: int, out_channels: int, kernel_size: int = 3, *,
+                 dims: int = 3, eps: float = 1e-5, fused: bool = True) -> None:
+        super().__init__()
+        if dims not in _CONVOLUTIONS:
+            raise ValueError(f"dims must be 1, 2 or 3; got {dims!r}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd int (same padding); got {kernel_size!r}")
+        self.norm = nn.GroupNorm(num_groups, in_channels, eps=eps)
+        self.conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](in_channels, out_channels, kernel_size,
+                                                                padding=kernel_size // 2)
+        self.fused = fused
+
+    def forward(self, x: Tensor, skip: Optional[Tensor] = None, emb: Optional[Tensor] = None) -> Tensor:
+        norm, conv = self.norm, self.conv
+        if not self.fused:
+            activation = group_norm_silu_reference(x, norm.num_groups, norm.weight, norm.bias, norm.eps, skip=skip,
+                                                   emb=emb)
+            return conv(activation)
+        tensors = (x, skip, emb, norm.weight, norm.bias, conv.weight, conv.bias)
+        if x.dim() == 5 and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+            return _slab_inference(x, skip, emb, norm, conv)
+        return _NormActConv.apply(x, skip, emb, norm.weight, norm.bias, conv.weight, conv.bias, norm.num_groups,
+                                  norm.eps, conv.padding[0])
+
+    def extra_repr(self) -> str:
+        return f"fused={self.fused}"

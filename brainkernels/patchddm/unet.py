@@ -1,0 +1,161 @@
+"""PatchDDM's diffusion U-Net (Bieder et al., MIDL 2023; thesis ch. 7): the guided-diffusion U-Net
+in 3D with no attention and averaged skip connections ``(h + s) / 2``.
+
+Layout (as the paper's configuration: 29 base channels, channel multipliers (1, 3, 4, 4, 4, 4, 4),
+2 residual blocks per level, GroupNorm with 29 groups, the timestep embedding added before the
+second normalisation of each block): an input convolution; per level, ``blocks`` residual blocks
+and (except at the last level) a stride-2 convolution; two residual blocks in the middle; per
+level upwards, ``blocks + 1`` residual blocks, each taking the average of the incoming tensor and
+one stored skip (the last block of a level brings the channels to those of the next skip, which
+is why skips can be averaged instead of concatenated), then nearest-neighbour upsampling and a
+convolution; a GroupNorm + SiLU + convolution head (zero-initialised).
+
+Every GroupNorm + SiLU + convolution is a :class:`brainkernels.nn.GroupNormSiLUConv`: with
+``fused=True`` (the default) it stores no activation of its own and folds the skip average and
+the timestep embedding into the normalisation; ``fused=False`` is the same network in plain
+PyTorch (same parameters, same outputs), the baseline of the memory benchmarks.
+
+Inference (no grad) averages each skip into the decoder's tensor in place and frees it before the
+block runs, and the blocks never hold a full-size activation (see ``GroupNormSiLUConv``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from brainkernels.nn.norm_act_conv import GroupNormSiLUConv
+
+PAPER_CHANNELS = 29
+PAPER_CHANNEL_MULT = (1, 3, 4, 4, 4, 4, 4)
+
+
+def timestep_embedding(timesteps: Tensor, channels: int, max_period: float = 10000.0) -> Tensor:
+    """(N, channels) sinusoidal embedding of (N,) timesteps, as in guided diffusion."""
+    half = channels // 2
+    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=timesteps.device) / half)
+    angles = timesteps.float()[:, None] * frequencies[None]
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+    return F.pad(embedding, (0, channels % 2))
+
+
+class ResidualBlock(nn.Module):
+    """``x' = (x + skip) / 2`` (or ``x``); ``h = conv(act(GN(x'))); h = conv(act(GN(h + emb)))``;
+    returns ``h + x'`` (``x'`` through a 1x1 convolution when the channels change)."""
+
+    def __init__(self, in_channels: int, out_channels: int, embedding_channels: int, groups: int,
+                 fused: bool) -> None:
+        super().__init__()
+        self.in_layers = GroupNormSiLUConv(groups, in_channels, out_channels, fused=fused)
+        self.embedding = nn.Linear(embedding_channels, out_channels)
+        self.out_layers = GroupNormSiLUConv(groups, out_channels, out_channels, fused=fused)
+        nn.init.zeros_(self.out_layers.conv.weight)
+        nn.init.zeros_(self.out_layers.conv.bias)
+        self.shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: Tensor, emb: Tensor, skip: Tensor | None = None) -> Tensor:
+        h = self.in_layers(x, skip)
+        h = self.out_layers(h, emb=self.embedding(F.silu(emb)))
+        # The residual is added in place and, for an averaged input, as two halves, so the
+        # average (x + skip) / 2 is never materialised.
+        if self.shortcut is None:
+            h = h.add_(x, alpha=0.5 if skip is not None else 1.0)
+            return h if skip is None else h.add_(skip, alpha=0.5)
+        if skip is None:
+            return h.add_(self.shortcut(x))
+        # conv(x') = (conv(x) + conv(skip)) / 2 for a 1x1 convolution with its bias counted once.
+        linear = F.conv3d(x, self.shortcut.weight) + F.conv3d(skip, self.shortcut.weight)
+        return h.add_(linear, alpha=0.5).add_(self.shortcut.bias.view(1, -1, 1, 1, 1))
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class DiffusionUNet(nn.Module):
+    """``forward(x, timesteps) -> epsilon`` for x (N, in_channels, D, H, W) with every spatial size
+    a multiple of :attr:`size_multiple` (``2 ** (levels - 1)``)."""
+
+    def __init__(self, in_channels: int, out_channels: int = 1, channels: int = PAPER_CHANNELS,
+                 channel_mult: Sequence[int] = PAPER_CHANNEL_MULT, blocks: int = 2, groups: int | None = None,
+                 fused: bool = True) -> None:
+        super().__init__()
+        channel_mult = tuple(int(m) for m in channel_mult)
+        groups = channels if groups is None else groups
+        widths = [channels * m for m in channel_mult]
+        if in_channels < 1 or out_channels < 1 or channels < 1 or blocks < 1 or not channel_mult:
+            raise ValueError("in_channels, out_channels, channels and blocks must be positive and channel_mult "
+                             "non-empty")
+        if any(m < 1 for m in channel_mult) or any(width % groups for width in widths):
+            raise ValueError(f"groups ({groups}) must divide every level's channels {widths}")
+        self.size_multiple = 2 ** (len(channel_mult) - 1)
+        self.channels = channels
+        embedding_channels = 4 * channels
+        self.time_embed = nn.Sequential(nn.Linear(channels, embedding_channels), nn.SiLU(),
+                                        nn.Linear(embedding_channels, embedding_channels))
+
+        def block(c_in: int, c_out: int) -> ResidualBlock:
+            return ResidualBlock(c_in, c_out, embedding_channels, groups, fused)
+
+        self.input_conv = nn.Conv3d(in_channels, channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_channels, width = [channels], channels
+        for level, level_width in enumerate(widths):
+            for _ in range(blocks):
+                self.down.append(block(width, level_width))
+                width = level_width
+                skip_channels.append(width)
+            if level < len(widths) - 1:
+                self.down.append(nn.Conv3d(width, width, 3, stride=2, padding=1))
+                skip_channels.append(width)
+        self.middle = nn.ModuleList([block(width, width), block(width, width)])
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            for index in range(blocks + 1):
+                skip_channels.pop()
+                # The block's output must match the next skip it will be averaged with.
+                target = skip_channels[-1] if skip_channels else channels
+                self.up.append(block(width, target))
+                width = target
+            if level > 0:
+                self.up.append(Upsample(width))
+        self.head = GroupNormSiLUConv(groups, width, out_channels, fused=fused)
+        nn.init.zeros_(self.head.conv.weight)
+        nn.init.zeros_(self.head.conv.bias)
+
+    def check_shape(self, shape: Sequence[int]) -> None:
+        spatial = tuple(shape[2:])
+        if len(spatial) != 3 or any(n % self.size_multiple for n in spatial):
+            raise ValueError(f"the U-Net takes (N, C, D, H, W) inputs with D, H, W multiples of {self.size_multiple}; "
+                             f"got shape {tuple(shape)} (pad the volume, see patchddm.data.pad_to_multiple)")
+
+    def forward(self, x: Tensor, timesteps: Tensor) -> Tensor:
+        self.check_shape(x.shape)
+        emb = self.time_embed(timestep_embedding(timesteps, self.channels).to(x.dtype))
+        h = self.input_conv(x)
+        del x
+        skips = [h]
+        for module in self.down:
+            h = module(h, emb) if isinstance(module, ResidualBlock) else module(h)
+            skips.append(h)
+        for module in self.middle:
+            h = module(h, emb)
+        for module in self.up:
+            if isinstance(module, ResidualBlock) and torch.is_grad_enabled():
+                h = module(h, emb, skips.pop())
+            elif isinstance(module, ResidualBlock):
+                # Inference: average into h's own memory (h is this loop's intermediate) and free
+                # the skip before the block runs.
+                h = module(h.add_(skips.pop()).mul_(0.5), emb)
+            else:
+                h = module(h)
+        return self.head(h)
