@@ -33,11 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser.set_defaults(run=_info)
     from brainkernels.data.preprocess_command import register_command as register_preprocess
     from brainkernels.data.synth.command import register_command as register_synth
+    from brainkernels.inr.command import register_command as register_inr
+    from brainkernels.patchddm.command import register_command as register_patchddm
     from brainkernels.ppr.command import register_command as register_ppr
 
     register_preprocess(commands)
     register_synth(commands)
     register_ppr(commands)
+    register_patchddm(commands)
+    register_inr(commands)
     return parser
 
 

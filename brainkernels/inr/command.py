@@ -1,0 +1,143 @@
+"""`brainkernels inr train|predict|atlas|evaluate|ablation`."""
+
+from __future__ import annotations
+
+import argparse
+
+from brainkernels.runtime import config
+
+
+def _ages(text: str) -> list[float]:
+    try:
+        ages = [float(age) for age in text.split(",") if age.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ages must be comma-separated weeks, e.g. 28,32,36; got {text!r}") from None
+    if not ages:
+        raise argparse.ArgumentTypeError("give at least one age in weeks")
+    return ages
+
+
+def _train(arguments: argparse.Namespace) -> int:
+    from brainkernels.inr.train import INRConfig, train
+
+    settings = config.config_from_arguments(INRConfig, arguments)
+    run = train(arguments.data, arguments.out, settings, resume=arguments.resume, quiet=arguments.quiet)
+    print(f"trained the INR ({settings.dims}D, ssl={settings.ssl}, sgla={settings.sgla}); run folder: {run}")
+    return 0
+
+
+def _predict(arguments: argparse.Namespace) -> int:
+    from brainkernels.errors import BrainkernelsError
+    from brainkernels.inr.predict import predict
+
+    ages = arguments.ages or ([arguments.age_out] if arguments.age_out is not None else None)
+    if ages is None:
+        raise BrainkernelsError("give --age-out AGE or --ages AGE,AGE,...")
+    written = predict(arguments.model, arguments.input, arguments.age_in, ages, arguments.out,
+                      fit_steps=arguments.fit_steps, fit_voxels=arguments.fit_voxels, device=arguments.device,
+                      quiet=arguments.quiet)
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def _atlas(arguments: argparse.Namespace) -> int:
+    from brainkernels.inr.predict import atlas
+
+    written = atlas(arguments.model, arguments.ages, arguments.out, device=arguments.device)
+    print(f"wrote {len(written)} files to {arguments.out}")
+    return 0
+
+
+def _evaluate(arguments: argparse.Namespace) -> int:
+    from brainkernels.inr.evaluate import evaluate, format_table
+
+    summary = evaluate(arguments.model, arguments.data, arguments.out, fit_steps=arguments.fit_steps,
+                       fit_voxels=arguments.fit_voxels, device=arguments.device, quiet=arguments.quiet)
+    print(format_table({"model": summary}))
+    return 0
+
+
+def _ablation(arguments: argparse.Namespace) -> int:
+    from brainkernels.inr.evaluate import ablation, format_table
+    from brainkernels.inr.train import INRConfig
+
+    settings = config.config_from_arguments(INRConfig, arguments)
+    results = ablation(arguments.data, arguments.out, settings, fit_steps=arguments.fit_steps,
+                       fit_voxels=arguments.fit_voxels, quiet=arguments.quiet)
+    print(format_table(results))
+    print(f"table: {arguments.out}/ablation.csv, plot: {arguments.out}/head_circumference.png")
+    return 0
+
+
+def _fitting_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fit-steps", type=int, default=None,
+                        help="latent-fitting steps (default: the paper's 2000 in 2D, 1000 in 3D)")
+    parser.add_argument("--fit-voxels", type=int, default=None,
+                        help="voxels sampled per fitting step (default: the whole grid)")
+
+
+def _inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="RUN", help="run folder written by `inr train`")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def register_command(commands) -> None:
+    from brainkernels.inr.train import INRConfig
+
+    inr = commands.add_parser("inr", help="INR auto-decoder: neonatal brain development across age",
+                              description="Implicit neural representation of neonatal brain development "
+                              "(Bieder et al., PRIME 2024) on the fused coordinate MLP.")
+    verbs = inr.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    train = verbs.add_parser("train", help="train on a dHCP-layout cohort",
+                             description="Train the network and one latent per subject (SSL) or scan, holding "
+                             "out a fifth of the subjects with two sessions for evaluation.")
+    train.add_argument("--data", required=True, help="dHCP/BIDS folder (participants.tsv, sub-*/)")
+    train.add_argument("--out", required=True, metavar="RUN", help="run folder")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    config.add_arguments(train, INRConfig)
+    train.set_defaults(run=_train)
+
+    predict = verbs.add_parser("predict", help="predict a scan at other ages",
+                               description="Fit a latent to a scan and write it at other ages (with the input's "
+                               "affine) and the reconstruction at the input age.")
+    _inference_options(predict)
+    predict.add_argument("--input", required=True, help="T2-weighted scan (.nii/.nii.gz) on the training grid")
+    predict.add_argument("--age-in", required=True, type=float, help="postmenstrual age of the scan (weeks)")
+    predict.add_argument("--age-out", type=float, default=None, help="age to predict (weeks)")
+    predict.add_argument("--ages", type=_ages, default=None, help="ages to predict, e.g. 28,32,36,40,44 (a sequence "
+                         "and a PNG montage in the --out folder)")
+    predict.add_argument("--out", required=True, help="output .nii.gz (one age) or folder")
+    predict.add_argument("--quiet", action="store_true", help="no progress bars")
+    _fitting_options(predict)
+    predict.set_defaults(run=_predict)
+
+    atlas = verbs.add_parser("atlas", help="the average brain at given ages (zero and mean latents)",
+                             description="Decode the zero latent and the mean training latent at each age.")
+    _inference_options(atlas)
+    atlas.add_argument("--ages", type=_ages, default=_ages("28,32,36,40,44"), help="ages in weeks (default "
+                       "28,32,36,40,44)")
+    atlas.add_argument("--out", required=True, help="output folder")
+    atlas.set_defaults(run=_atlas)
+
+    evaluate = verbs.add_parser("evaluate", help="predict held-out second sessions: PSNR, SSIM, MAE, HC",
+                                description="For each held-out subject with two sessions, fit on the first and "
+                                "predict the last; image metrics and head circumference against the truth.")
+    _inference_options(evaluate)
+    evaluate.add_argument("--data", required=True, help="the dHCP-layout folder the run was trained on")
+    evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    _fitting_options(evaluate)
+    evaluate.set_defaults(run=_evaluate)
+
+    ablation = verbs.add_parser("ablation", help="train and evaluate none / SGLA / SSL / both",
+                                description="Train the four variants (SSL off/on, SGLA off/on) with the given "
+                                "configuration in OUT/<variant>, evaluate each, and write OUT/ablation.csv and "
+                                "OUT/head_circumference.png.")
+    ablation.add_argument("--data", required=True, help="dHCP/BIDS folder")
+    ablation.add_argument("--out", required=True, help="output folder")
+    ablation.add_argument("--quiet", action="store_true", help="no progress bars")
+    _fitting_options(ablation)
+    config.add_arguments(ablation, INRConfig)
+    ablation.set_defaults(run=_ablation)

@@ -1,0 +1,139 @@
+"""INR inputs: a scan as the model sees it (intensity in [0, 1], in 2D its central axial slice),
+the grid a model was trained on, and the training items (sampled voxels of one scan)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from brainkernels.data.datasets import DHCPDataset
+from brainkernels.data.layouts.dhcp import DHCPScan
+from brainkernels.data.preprocess import foreground_mask
+from brainkernels.data.volume import Volume
+from brainkernels.errors import BrainkernelsError
+from brainkernels.ops.coordinate_mlp import grid_coordinates
+
+INTENSITY_PERCENTILE = 99.5
+"""Intensities are divided by this percentile of the scan and clipped to [0, 1]: the paper's
+images are in [0, 1], and a percentile ignores the few brightest (noise) voxels."""
+GRID_FILE = "grid.json"
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """The grid a model was trained on: ``shape`` and ``spacing`` of the training scans (3D) and
+    ``dims``; in 2D the model sees the central axial slice, ``shape[:2]``."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    dims: int
+
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        return self.shape if self.dims == 3 else self.shape[:2]
+
+    def save(self, folder: Path) -> None:
+        (folder / GRID_FILE).write_text(json.dumps(asdict(self)) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> ModelGrid:
+        path = folder / GRID_FILE
+        if not path.is_file():
+            raise BrainkernelsError(f"{path}: no such file; {folder} is not a finished INR run")
+        fields = json.loads(path.read_text())
+        return cls(tuple(fields["shape"]), tuple(fields["spacing"]), fields["dims"])
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """A scan prepared for the model: ``image`` on the model grid in [0, 1], ``foreground`` (bool,
+    same shape), and what maps it back: ``scale`` (intensity units of 1.0) and ``affine`` (of
+    the model grid: in 2D, of the slice)."""
+
+    image: Tensor
+    foreground: Tensor
+    scale: float
+    affine: np.ndarray
+
+    def to_volume(self, image: Tensor) -> Volume:
+        """A model-grid image in the scan's intensity units and geometry, for writing."""
+        data = image.detach().float().cpu() * self.scale
+        return Volume(data.reshape(1, *data.shape, *(() if data.dim() == 3 else (1,))), self.affine)
+
+
+def central_slice_index(shape: tuple[int, int, int]) -> int:
+    return shape[2] // 2
+
+
+def prepare_input(volume: Volume, grid: ModelGrid, name: str) -> ModelInput:
+    """``volume`` as the model sees it; a scan on another grid is refused, naming ``name``."""
+    if volume.channels != 1:
+        raise BrainkernelsError(f"{name}: expected a single T2-weighted image; got {volume.channels} channels")
+    if volume.shape != tuple(grid.shape):
+        raise BrainkernelsError(
+            f"{name}: shape {volume.shape} differs from the model's grid {tuple(grid.shape)}; resample the scan to "
+            f"the training grid (spacing {_millimetres(grid.spacing)}) first")
+    if not np.allclose(volume.spacing, grid.spacing, rtol=1e-3):
+        raise BrainkernelsError(
+            f"{name}: voxel spacing {_millimetres(volume.spacing)} differs from the model's "
+            f"{_millimetres(grid.spacing)}; resample the scan to the training grid first")
+    data = volume.data[0]
+    scale = float(np.percentile(data.numpy(), INTENSITY_PERCENTILE))
+    if not scale > 0:
+        raise BrainkernelsError(f"{name}: the scan is empty (its {INTENSITY_PERCENTILE}th percentile is {scale:g})")
+    image = (data / scale).clamp(0, 1)
+    foreground = foreground_mask(volume.with_data(image[None]), threshold="otsu")
+    affine = volume.affine
+    if grid.dims == 2:
+        k = central_slice_index(volume.shape)
+        image, foreground = image[:, :, k], foreground[:, :, k]
+        affine = affine.copy()
+        affine[:, 3] += affine[:, 2] * k  # the slice's origin: voxel (0, 0, k)
+    return ModelInput(image.contiguous(), foreground.contiguous(), scale, affine)
+
+
+def _millimetres(spacing) -> str:
+    return " x ".join(f"{value:.3g}" for value in spacing) + " mm"
+
+
+class SampledVoxels(Dataset):
+    """Training items: per scan, ``ceil(pixel_ratio * voxels)`` voxels with their coordinates,
+    ``foreground_share`` of them drawn from the head, the rest anywhere, and the scan's
+    normalised age and latent index (its subject's with SSL, its own without).
+
+    Item: ``coords`` (M, dims), ``targets`` (M,), ``age`` scalar, ``latent_index`` int64.
+    """
+
+    def __init__(self, scans: list[DHCPScan], grid: ModelGrid, latent_index: list[int], pixel_ratio: float,
+                 foreground_share: float) -> None:
+        self.scans = DHCPDataset(scans)
+        self.grid, self.latent_index = grid, latent_index
+        self.coordinates = grid_coordinates(grid.model_shape)
+        voxels = self.coordinates.shape[0]
+        self.samples = max(1, math.ceil(pixel_ratio * voxels))
+        self.foreground_samples = round(foreground_share * self.samples)
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.scans[index]
+        scan = self.scans.scans[index]
+        prepared = prepare_input(Volume(item["image"], item["affine"].numpy()), self.grid, str(scan.t2w_path))
+        head = torch.nonzero(prepared.foreground.reshape(-1))[:, 0]
+        voxels = self.coordinates.shape[0]
+        chosen = torch.cat([head[torch.randint(len(head), (self.foreground_samples,))],
+                            torch.randint(voxels, (self.samples - self.foreground_samples,))])
+        return {
+            "coords": self.coordinates[chosen],
+            "targets": prepared.image.reshape(-1)[chosen],
+            "age": item["normalised_age"],
+            "latent_index": torch.tensor(self.latent_index[index]),
+        }

@@ -1,0 +1,141 @@
+"""Evaluation of a trained INR: for every held-out subject with two sessions, fit a latent to the
+first and predict the last; PSNR, SSIM, MAE and head circumference (HC) of the prediction
+against the true scan. The ablation trains the four variants (none, SGLA, SSL, both) and
+evaluates each on the same test pairs."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from brainkernels.data.atomic import atomic_path
+from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
+from brainkernels.data.preprocess import foreground_mask
+from brainkernels.data.volume import Volume, load_nifti
+from brainkernels.errors import BrainkernelsError
+from brainkernels.inr.data import prepare_input
+from brainkernels.inr.figures import head_circumference_plot
+from brainkernels.inr.infer import FIT_STEPS, decode, fit_latent
+from brainkernels.inr.train import INRConfig, TrainedINR, load_trained, split_test_subjects, train
+from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
+from brainkernels.runtime import setup, teardown
+from brainkernels.runtime.inference import run_cohort
+
+HEAD_THRESHOLD = 0.2
+"""Normalised intensity above which a voxel is head (scalp and brain; background noise and the
+dark skull lie below), for the HC of predicted and true scans alike."""
+SUMMARY_KEYS = ("psnr", "ssim", "mae", "hc_sigma_cm", "hc_r")
+ABLATION = {"none": (False, False), "sgla": (False, True), "ssl": (True, False), "both": (True, True)}
+"""Variant name: (SSL, SGLA)."""
+
+
+def _head_circumference(image, grid) -> float:
+    data = image[None] if image.dim() == 3 else image[None, :, :, None]
+    head = foreground_mask(Volume(data.float().cpu(), np.eye(4)), threshold=HEAD_THRESHOLD).numpy()
+    return head_circumference_cm(head, grid.spacing)
+
+
+def test_pairs(data: str | os.PathLike, split_seed: int) -> list[tuple]:
+    """(first, last) sessions of each held-out subject."""
+    scans = read_dhcp(data)
+    _, test = split_test_subjects(scans, split_seed)
+    if not test:
+        raise BrainkernelsError(f"{data}: no subject has two sessions, so there is nothing to predict and compare")
+    sessions = scans_by_subject(scans)
+    return [(sessions[subject][0], sessions[subject][-1]) for subject in test]
+
+
+def predict_pair(trained: TrainedINR, first, last, *, fit_steps: int, fit_voxels: int | None) -> dict:
+    """Fit on ``first``, predict ``last``; the metrics of the prediction against ``last``."""
+    source = prepare_input(load_nifti(first.t2w_path), trained.grid, str(first.t2w_path))
+    truth = prepare_input(load_nifti(last.t2w_path), trained.grid, str(last.t2w_path))
+    latent = fit_latent(trained.model, source, first.age_weeks, steps=fit_steps, voxels=fit_voxels)
+    predicted = decode(trained.model, latent, last.age_weeks, trained.grid.model_shape).cpu()
+    target = truth.image
+    return {
+        "subject": first.subject_id, "age_in": first.age_weeks, "age_out": last.age_weeks,
+        "psnr": psnr(predicted, target), "ssim": ssim(predicted, target), "mae": mae(predicted, target),
+        "hc_true_cm": _head_circumference(target, trained.grid),
+        "hc_predicted_cm": _head_circumference(predicted, trained.grid),
+    }  # fmt: skip
+
+
+def summarise(rows: list[dict]) -> dict[str, float]:
+    """Mean PSNR, SSIM, MAE; σ (cm) of the HC error and Pearson r of predicted against true HC."""
+    true = np.array([row["hc_true_cm"] for row in rows])
+    predicted = np.array([row["hc_predicted_cm"] for row in rows])
+    correlated = len(rows) > 1 and np.ptp(true) > 0 and np.ptp(predicted) > 0
+    return {
+        **{key: float(np.mean([row[key] for row in rows])) for key in ("psnr", "ssim", "mae")},
+        "hc_sigma_cm": float(np.std(predicted - true, ddof=1)) if len(rows) > 1 else float("nan"),
+        "hc_r": float(stats.pearsonr(predicted, true).statistic) if correlated else float("nan"),
+    }
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _pair_rows(run_dir, data, *, fit_steps: int | None, fit_voxels: int | None, device: str,
+               quiet: bool) -> list[dict]:
+    distributed = setup(device)
+    try:
+        trained = load_trained(run_dir, distributed.device)
+        steps = fit_steps or FIT_STEPS[trained.settings.dims]
+        return run_cohort(test_pairs(data, trained.settings.split_seed),
+                          lambda pair: predict_pair(trained, *pair, fit_steps=steps, fit_voxels=fit_voxels),
+                          distributed, description="inr evaluation", quiet=quiet,
+                          advice="Pass --fit-voxels to fit on sampled voxels.")
+    finally:
+        teardown()
+
+
+def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
+             fit_steps: int | None = None, fit_voxels: int | None = None, device: str = "auto",
+             quiet: bool = False) -> dict[str, float]:
+    """Evaluate a run on the held-out pairs of ``data``; writes ``pairs.csv``, ``summary.csv`` and
+    ``head_circumference.png`` to ``out`` (default RUN/evaluation) and returns the summary."""
+    rows = _pair_rows(run_dir, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=device, quiet=quiet)
+    out = Path(out) if out is not None else Path(run_dir) / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(rows)
+    _write_csv(rows, out / "pairs.csv")
+    _write_csv([summary], out / "summary.csv")
+    head_circumference_plot({Path(run_dir).name: rows}, out / "head_circumference.png")
+    return summary
+
+
+def ablation(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, *, fit_steps: int | None = None,
+             fit_voxels: int | None = None, quiet: bool = False) -> dict[str, dict[str, float]]:
+    """Train the four variants of ``settings`` (SSL off/on x SGLA off/on, SGLA with probability
+    ``settings.sgla`` or the paper's 0.1) in ``out/<variant>``, evaluate each on the same test
+    pairs; writes ``ablation.csv`` and ``head_circumference.png`` to ``out``."""
+    out = Path(out)
+    probability = settings.sgla or INRConfig.sgla
+    results, rows = {}, {}
+    for name, (ssl, sgla) in ABLATION.items():
+        variant = dataclasses.replace(settings, ssl=ssl, sgla=probability if sgla else 0.0)
+        run = train(data, out / name, variant, quiet=quiet)
+        rows[name] = _pair_rows(run, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=settings.device,
+                                   quiet=quiet)
+        _write_csv(rows[name], run / "pairs.csv")
+        results[name] = summarise(rows[name])
+    _write_csv([{"variant": name, "ssl": ABLATION[name][0], "sgla": ABLATION[name][1], **summary}
+                for name, summary in results.items()], out / "ablation.csv")
+    head_circumference_plot(rows, out / "head_circumference.png")
+    return results
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'variant':<10}" + "".join(f"{key:>13}" for key in SUMMARY_KEYS)]
+    lines += [f"{name:<10}" + "".join(f"{summary[key]:>13.4f}" for key in SUMMARY_KEYS)
+              for name, summary in results.items()]
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""INR figures: age sequences as a montage, and predicted against true head circumference."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from brainkernels.figures import save_figure  # noqa: E402
+
+
+def _upright(plane: np.ndarray) -> np.ndarray:
+    """A (left-right, back-front or foot-head) RAS plane with anterior/superior up, right on the right."""
+    return np.flipud(plane.T)
+
+
+def sequence_montage(images: Sequence[Tensor], ages_weeks: Sequence[float], path: str | os.PathLike,
+                     title: str = "") -> None:
+    """One column per age: the axial slice through the centre and, for volumes, the sagittal one
+    (the sagittal view shows the head growing from front to back and top to bottom)."""
+    volumes = [image.detach().float().cpu().numpy() for image in images]
+    views = ["axial", "sagittal"] if volumes[0].ndim == 3 else ["axial"]
+    figure, axes = plt.subplots(len(views), len(volumes), figsize=(2.2 * len(volumes), 2.4 * len(views)),
+                                facecolor="black", squeeze=False)
+    for column, (volume, age) in enumerate(zip(volumes, ages_weeks)):
+        for row, view in enumerate(views):
+            if volume.ndim == 2:
+                plane = volume
+            elif view == "axial":
+                plane = volume[:, :, volume.shape[2] // 2]
+            else:
+                plane = volume[volume.shape[0] // 2]
+            axes[row, column].imshow(_upright(plane), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            axes[row, column].axis("off")
+        axes[0, column].set_title(f"{age:g} weeks", color="white")
+    if title:
+        figure.suptitle(title, color="white")
+    save_figure(figure, path)
+
+
+def head_circumference_plot(results: dict[str, Sequence[dict]], path: str | os.PathLike) -> None:
+    """Per model (panel), the true (circles) and predicted (crosses) head circumference of each
+    test pair against the age predicted, with least-squares lines: a model that ignores the age
+    input has a flat red line."""
+    figure, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.6), sharey=True, squeeze=False)
+    for axis, (name, rows) in zip(axes[0], results.items()):
+        ages = np.array([row["age_out"] for row in rows])
+        for key, style, label in (("hc_true_cm", "o", "truth"), ("hc_predicted_cm", "x", "prediction")):
+            values = np.array([row[key] for row in rows])
+            colour = "tab:blue" if key == "hc_true_cm" else "tab:red"
+            axis.plot(ages, values, style, color=colour, label=label)
+            if len(rows) > 1 and np.ptp(ages) > 0:
+                slope, intercept = np.polyfit(ages, values, 1)
+                span = np.array([ages.min(), ages.max()])
+                axis.plot(span, slope * span + intercept, color=colour, linewidth=1,
+                          label=f"slope {slope:.2f} cm/week")
+        axis.set_title(name)
+        axis.set_xlabel("postmenstrual age (weeks)")
+        axis.legend(fontsize=7)
+    axes[0, 0].set_ylabel("head circumference (cm)")
+    figure.tight_layout()
+    save_figure(figure, path)

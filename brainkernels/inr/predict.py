@@ -1,0 +1,81 @@
+"""Predicting one scan at other ages, and the "average" brain at any age, written as NIfTI (the
+input's geometry) with PNG montages."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from brainkernels.data.volume import Volume, load_nifti, save_nifti
+from brainkernels.inr.data import prepare_input
+from brainkernels.inr.figures import sequence_montage
+from brainkernels.inr.infer import FIT_STEPS, atlas_latents, decode_sequence, fit_latent
+from brainkernels.inr.train import load_trained
+from brainkernels.runtime import setup, teardown
+
+
+def _name(age: float) -> str:
+    return f"{age:g}w".replace(".", "p")
+
+
+def predict(run_dir: str | os.PathLike, scan_path: str | os.PathLike, age_in: float, ages_out: Sequence[float],
+            out: str | os.PathLike, *, fit_steps: int | None = None, fit_voxels: int | None = None,
+            device: str = "auto", quiet: bool = False) -> list[Path]:
+    """Fit a latent to the scan at ``scan_path`` (age ``age_in`` weeks) and write its decoding at
+    ``age_in`` (the reconstruction) and at each of ``ages_out``.
+
+    ``out`` ending in .nii/.nii.gz with one output age: that file, and ``<stem>_reconstruction``
+    beside it. Otherwise a folder: ``<age>w.nii.gz`` per age, ``reconstruction.nii.gz`` and
+    ``sequence.png``. Returns the paths written."""
+    distributed = setup(device)
+    try:
+        trained = load_trained(run_dir, distributed.device)
+        scan = prepare_input(load_nifti(scan_path), trained.grid, str(scan_path))
+        latent = fit_latent(trained.model, scan, age_in, steps=fit_steps or FIT_STEPS[trained.settings.dims],
+                            voxels=fit_voxels, quiet=quiet)
+        images = decode_sequence(trained.model, latent, [age_in, *ages_out], trained.grid.model_shape)
+    finally:
+        teardown()
+    out = Path(out)
+    if str(out).endswith((".nii", ".nii.gz")) and len(ages_out) == 1:
+        stem = out.name.removesuffix(".gz").removesuffix(".nii")
+        targets = [out.with_name(f"{stem}_reconstruction.nii.gz"), out]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        targets = [out / "reconstruction.nii.gz", *(out / f"{_name(age)}.nii.gz" for age in ages_out)]
+    written = [save_nifti(scan.to_volume(image), target) for image, target in zip(images, targets)]
+    if len(ages_out) > 1:
+        montage = targets[1].parent / "sequence.png"
+        sequence_montage([scan.image, *images[1:]], [age_in, *ages_out], montage,
+                         title=f"{Path(scan_path).name}: input ({age_in:g} weeks) and predictions")
+        written.append(montage)
+    return written
+
+
+def atlas(run_dir: str | os.PathLike, ages: Sequence[float], out: str | os.PathLike, *,
+          device: str = "auto") -> list[Path]:
+    """The zero-latent and mean-latent age sequences: ``<zero|mean>_<age>w.nii.gz`` (the model
+    grid with the training spacing, centred on the origin; intensities in [0, 1]) and one montage
+    per latent."""
+    distributed = setup(device)
+    try:
+        trained = load_trained(run_dir, distributed.device)
+        sequences = {name: decode_sequence(trained.model, latent, ages, trained.grid.model_shape)
+                     for name, latent in atlas_latents(trained.model).items()}
+    finally:
+        teardown()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([*trained.grid.spacing, 1.0])
+    affine[:3, 3] = -np.array(trained.grid.spacing) * np.array(trained.grid.shape) / 2
+    written = []
+    for name, images in sequences.items():
+        for age, image in zip(ages, images):
+            data = image.cpu().reshape(1, *trained.grid.shape[:2], -1)
+            written.append(save_nifti(Volume(data, affine), out / f"{name}_{_name(age)}.nii.gz"))
+        written.append(out / f"{name}.png")
+        sequence_montage(images, ages, written[-1], title=f"{name} latent")
+    return written

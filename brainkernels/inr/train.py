@@ -1,0 +1,183 @@
+"""Training the INR auto-decoder on a dHCP-layout cohort: the network and the training latents
+are optimised jointly (AdamW, L2 loss on sampled voxels), with SSL (one latent per subject rather
+than per scan) and SGLA (with probability ``sgla`` a step uses the global latent)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from brainkernels.data.layouts.dhcp import DHCPScan, read_dhcp, scans_by_subject
+from brainkernels.data.layouts.splits import split_by_subject
+from brainkernels.data.volume import load_nifti
+from brainkernels.errors import BrainkernelsError
+from brainkernels.inr.data import ModelGrid, SampledVoxels
+from brainkernels.inr.model import AutoDecoder
+from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, checkpoint, config, setup, teardown
+
+METHOD = "inr"
+ARCHITECTURE_KEYS = ("dims", "ssl", "latent_size", "width", "depth", "activation")
+LATENTS_FILE = "latents.json"
+TEST_FRACTION = 0.2
+"""Of the subjects with two or more sessions, held out to test predicting one session from another."""
+
+
+@dataclass(frozen=True)
+class INRConfig(TrainerConfig):
+    dims: int = field(default=3, metadata={"help": "2: the central axial slice of each scan; 3: the volume"})
+    ssl: bool = field(default=True, metadata={"help": "one latent per subject (SSL); false: one per scan"})
+    sgla: float = field(default=0.1, metadata={"help": "probability that a step uses the global latent (0: off)"})
+    pixel_ratio: float = field(default=0.05, metadata={"help": "share of a scan's voxels sampled per step"})
+    foreground_share: float = field(default=0.9, metadata={"help": "share of the sampled voxels taken in the head"})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
+    latent_size: int = field(default=128, metadata={"help": "length of the latent vectors"})
+    width: int = field(default=128, metadata={"help": "hidden width of the MLP"})
+    depth: int = field(default=8, metadata={"help": "layers of the MLP"})
+    activation: Literal["wire", "siren", "relu"] = field(default="wire", metadata={"help": "activation"})
+    max_norm: float = field(default=1.0, metadata={"help": "bound on the norm of every latent"})
+    fused: bool = field(default=True, metadata={"help": "fused coordinate-MLP op (false: plain PyTorch MLP)"})
+    batch_size: int = field(default=4, metadata={"help": "scans per optimiser step"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the choice of held-out test subjects"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dims not in (2, 3):
+            raise ValueError(f"key 'dims' must be 2 or 3; got {self.dims}")
+        for name in ("sgla", "foreground_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"key '{name}' must lie in [0, 1]; got {getattr(self, name)}")
+        if not 0 < self.pixel_ratio <= 1:
+            raise ValueError(f"key 'pixel_ratio' must lie in (0, 1]; got {self.pixel_ratio}")
+        if self.max_norm <= 0:
+            raise ValueError(f"key 'max_norm' must be positive; got {self.max_norm}")
+
+
+def split_test_subjects(scans: list[DHCPScan], seed: int) -> tuple[list[DHCPScan], list[str]]:
+    """(training scans, test subject ids): a share (at least one) of the subjects with two or
+    more sessions is held out whole; every other subject trains."""
+    longitudinal = [subject for subject, sessions in scans_by_subject(scans).items() if len(sessions) >= 2]
+    if not longitudinal:
+        return list(scans), []
+    share = max(1, round(TEST_FRACTION * len(longitudinal))) / len(longitudinal)
+    test = list(split_by_subject(longitudinal, (1 - share, 0.0, share), seed).test)
+    return [scan for scan in scans if scan.subject_id not in test], test
+
+
+def latent_keys(scans: list[DHCPScan], ssl: bool) -> list[str]:
+    """The training latents' names, in table order: subject ids (SSL) or ``subject/session``."""
+    return sorted({_latent_key(scan, ssl) for scan in scans})
+
+
+def _latent_key(scan: DHCPScan, ssl: bool) -> str:
+    return scan.subject_id if ssl else f"{scan.subject_id}/{scan.session_id}"
+
+
+def model_grid(scans: list[DHCPScan], dims: int) -> ModelGrid:
+    """The training scans' common grid; scans on different grids are refused by name."""
+    first = load_nifti(scans[0].t2w_path)
+    for scan in scans[1:]:
+        other = load_nifti(scan.t2w_path)
+        if other.shape != first.shape:
+            raise BrainkernelsError(f"{scan.t2w_path}: shape {other.shape} differs from {first.shape} of "
+                                    f"{scans[0].t2w_path}; the INR needs all scans on one grid")
+    return ModelGrid(first.shape, first.spacing, dims)
+
+
+def build_model(settings: INRConfig, keys: int) -> AutoDecoder:
+    return AutoDecoder(keys, dims=settings.dims, latent_size=settings.latent_size, width=settings.width,
+                       depth=settings.depth, activation=settings.activation, max_norm=settings.max_norm,
+                       fused=settings.fused)
+
+
+def reconstruction_loss(sgla: float):
+    """The L2 loss of a batch of sampled voxels; with probability ``sgla`` the whole batch is
+    decoded from the global latent instead of its own latents."""
+
+    def loss(model, batch: dict[str, Tensor]) -> Tensor:
+        indices = batch["latent_index"]
+        if sgla and torch.rand(()) < sgla:
+            indices = torch.full_like(indices, getattr(model, "module", model).global_index)
+        predicted = model(batch["coords"], batch["age"], indices)
+        return torch.mean((predicted.float() - batch["targets"]) ** 2)
+
+    return loss
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, *, resume: bool = False,
+          quiet: bool = False) -> Path:
+    """Train on the dHCP-layout cohort at ``data`` (test subjects held out); the run folder is ``out``."""
+    distributed = setup(settings.device)
+    try:
+        training, _ = split_test_subjects(read_dhcp(data), settings.split_seed)
+        keys = latent_keys(training, settings.ssl)
+        index = {key: position for position, key in enumerate(keys)}
+        grid = model_grid(training, settings.dims)
+        dataset = SampledVoxels(training, grid, [index[_latent_key(scan, settings.ssl)] for scan in training],
+                                settings.pixel_ratio, settings.foreground_share)
+        run = RunFolder(out)
+        if distributed.is_main:
+            run.create()
+            config.write_toml(settings, run.config)
+            grid.save(run.root)
+            (run.root / LATENTS_FILE).write_text(json.dumps(keys) + "\n")
+        distributed.barrier()
+        trainer = Trainer(
+            method=METHOD, build_model=lambda: build_model(settings, len(keys)),
+            build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),
+            loss_fn=reconstruction_loss(settings.sgla), dataset=dataset, config=settings, distributed=distributed,
+            run=run, run_config=config.to_dict(settings), architecture_keys=ARCHITECTURE_KEYS, quiet=quiet,
+            memory_advice="--micro-batches or lower --pixel-ratio",
+        )
+        trainer.fit(resume=resume)
+        return run.root
+    finally:
+        teardown()
+
+
+@dataclass(frozen=True)
+class TrainedINR:
+    """A trained run: the model (eval mode), its configuration, grid and latent names."""
+
+    model: AutoDecoder
+    settings: INRConfig
+    grid: ModelGrid
+    keys: tuple[str, ...]
+
+
+def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> TrainedINR:
+    """The auto-decoder of an INR run folder (its latest checkpoint), with what describes it."""
+    run = RunFolder(run_dir)
+    if not run.config.is_file():
+        raise BrainkernelsError(f"{run.root}: not a run folder (no config.toml)")
+    try:
+        settings = config.load_config(INRConfig, run.config)
+    except BrainkernelsError as error:
+        raise BrainkernelsError(f"{run.root}: not an INR run ({error})") from None
+    grid = ModelGrid.load(run.root)
+    latents_path = run.root / LATENTS_FILE
+    if not latents_path.is_file():
+        raise BrainkernelsError(f"{latents_path}: no such file; {run.root} is not a finished INR run")
+    keys = tuple(json.loads(latents_path.read_text()))
+    latest = checkpoint.latest_checkpoint(run.checkpoints)
+    if latest is None:
+        raise BrainkernelsError(f"{run.root}: the run has no checkpoint yet")
+    state = checkpoint.load_checkpoint(latest, method=METHOD, config=config.to_dict(settings),
+                                       architecture_keys=ARCHITECTURE_KEYS)["model"]
+    model = build_model(settings, len(keys))
+    expected = tuple(model.latents.weight.shape)
+    found = tuple(state.get("latents.weight", torch.empty(0)).shape)
+    if found != expected:
+        raise BrainkernelsError(
+            f"{latest}: latent table of shape {found}, but the run ({len(keys)} latents of size "
+            f"{settings.latent_size}, plus the global one) needs {expected}")
+    model.load_state_dict(state)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return TrainedINR(model.to(device).eval(), dataclasses.replace(settings), grid, keys)

@@ -1,0 +1,113 @@
+"""The INR auto-decoder's parts: the latent table, SGLA, the test split, latent fitting, and the
+image metrics it is evaluated with."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from brainkernels.data.layouts.dhcp import DHCPScan
+from brainkernels.inr.data import ModelInput
+from brainkernels.inr.infer import check_age, fit_latent
+from brainkernels.inr.model import AutoDecoder
+from brainkernels.inr.train import latent_keys, reconstruction_loss, split_test_subjects
+from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
+
+SMALL = dict(dims=2, latent_size=4, width=8, depth=3)
+
+
+def batch(indices, points=5):
+    torch.manual_seed(0)
+    return {"coords": torch.rand(len(indices), points, 2) - 0.5, "targets": torch.rand(len(indices), points),
+            "age": torch.full((len(indices),), 0.5), "latent_index": torch.tensor(indices)}
+
+
+def test_latents_start_at_zero_and_stay_within_the_norm_bound():
+    model = AutoDecoder(3, max_norm=0.5, **SMALL)
+    assert model.latents.weight.shape == (4, 4) and not model.latents.weight.any()
+    with torch.no_grad():
+        model.latents.weight[1] = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    assert torch.linalg.vector_norm(model.latent(1)).item() == pytest.approx(0.5)
+    assert model.global_index == 3
+
+
+def test_fused_and_reference_networks_agree():
+    fused, reference = AutoDecoder(2, fused=True, **SMALL), AutoDecoder(2, fused=False, **SMALL)
+    reference.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        fused.latents.weight.normal_(0, 0.3)
+        reference.latents.weight.copy_(fused.latents.weight)
+    items = batch([0, 1])
+    torch.testing.assert_close(fused(items["coords"], items["age"], items["latent_index"]),
+                               reference(items["coords"], items["age"], items["latent_index"]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("sgla", "trained_rows"), [(0.0, {0, 1}), (1.0, {2})])
+def test_sgla_decodes_the_batch_from_the_global_latent(sgla, trained_rows):
+    model = AutoDecoder(2, **SMALL)
+    reconstruction_loss(sgla)(model, batch([0, 1])).backward()
+    rows = {row for row in range(3) if model.latents.weight.grad[row].any()}
+    assert rows == trained_rows
+
+
+def scan(subject, session, age):
+    return DHCPScan(subject, session, age, f"{subject}_{session}.nii.gz", None)
+
+
+def test_ssl_shares_a_latent_across_a_subjects_scans():
+    scans = [scan("a", "1", 30.0), scan("a", "2", 40.0), scan("b", "1", 35.0)]
+    assert latent_keys(scans, ssl=True) == ["a", "b"]
+    assert latent_keys(scans, ssl=False) == ["a/1", "a/2", "b/1"]
+
+
+def test_test_subjects_have_two_sessions_and_are_held_out_whole():
+    scans = [scan(f"s{i}", str(k), 30.0 + k) for i in range(10) for k in range(1 + (i % 2))]
+    training, test = split_test_subjects(scans, seed=0)
+    assert len(test) == 1 and int(test[0][1:]) % 2 == 1
+    assert all(s.subject_id not in test for s in training) and len(training) == len(scans) - 2
+    assert split_test_subjects(scans[:1], seed=0) == (scans[:1], [])
+
+
+def test_fitting_a_latent_reproduces_an_image_decoded_from_a_known_latent():
+    torch.manual_seed(1)
+    model = AutoDecoder(1, **SMALL).requires_grad_(False)
+    known = torch.tensor([0.3, -0.2, 0.1, 0.0])
+    target = model.network((12, 12), check_age(35.0), known)
+    image = ModelInput(target, target > 0, 1.0, np.eye(4))
+    fitted = fit_latent(model, image, 35.0, steps=300, lr=1e-2)
+    before = torch.mean((model.network((12, 12), check_age(35.0), torch.zeros(4)) - target) ** 2)
+    after = torch.mean((model.network((12, 12), check_age(35.0), fitted) - target) ** 2)
+    assert after < before / 4
+    assert torch.linalg.vector_norm(fitted) <= model.max_norm + 1e-6
+
+
+def test_ages_inside_the_range_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_age(26.0) == 0.0 and check_age(45.0) == 1.0
+    with pytest.warns(UserWarning, match="extrapolation"):
+        check_age(25.0)
+
+
+def test_image_metrics():
+    target = np.zeros((16, 16))
+    predicted = target + 0.1
+    assert psnr(predicted, target) == pytest.approx(20.0)
+    assert mae(predicted, target) == pytest.approx(0.1)
+    assert ssim(target, target) == pytest.approx(1.0) and ssim(predicted + np.eye(16) / 2, target) < 1
+    with pytest.raises(ValueError, match="differs from target shape"):
+        mae(np.zeros(3), np.zeros(4))
+
+
+def test_head_circumference_of_a_disc_and_of_an_ellipse():
+    axes = np.mgrid[:100, :100] - 49.5
+    disc = (axes[0] ** 2 + axes[1] ** 2) <= 40**2
+    # A 2 mm grid: diameter 80 voxels = 160 mm, circumference pi * 16 cm.
+    assert head_circumference_cm(disc, (2.0, 2.0, 2.0)) == pytest.approx(np.pi * 16, rel=0.01)
+    ellipse = (axes[0] / 40) ** 2 + (axes[1] / 20) ** 2 <= 1
+    volume = np.stack([ellipse & False, ellipse, disc & (axes[0] ** 2 < 100)], axis=-1)
+    # The widest axial section (the ellipse) is measured; Ramanujan's perimeter of a = 8, b = 4 cm.
+    assert head_circumference_cm(volume, (2.0, 2.0, 1.0)) == pytest.approx(38.75, rel=0.01)
+    with pytest.raises(ValueError, match="non-empty"):
+        head_circumference_cm(np.zeros((4, 4, 4)), (1.0, 1.0, 1.0))

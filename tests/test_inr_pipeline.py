@@ -1,0 +1,146 @@
+"""INR end to end on a tiny synthetic dHCP cohort: train -> predict -> atlas -> evaluate from the
+command line (2D) and the Python API (3D), and the bad inputs of the issue."""
+
+import contextlib
+import io
+import shutil
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import brainkernels.data.synth.dhcp as synth_dhcp
+from brainkernels.cli import main
+from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
+from brainkernels.data.synth.cohort import write_cohort
+from brainkernels.errors import BrainkernelsError
+from brainkernels.inr.evaluate import evaluate
+from brainkernels.inr.predict import atlas, predict
+from brainkernels.inr.train import INRConfig, load_trained, train
+
+SHAPE = 16
+TINY = dict(width=16, depth=3, latent_size=8, batch_size=2, checkpoint_every=100, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Eight subjects, most scanned twice or three times (the dHCP's one in ten would leave
+    none with two sessions in so few)."""
+    root = tmp_path_factory.mktemp("dhcp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(synth_dhcp, "REPEAT_PROBABILITY", 0.8)
+        write_cohort("dhcp", root, subjects=8, shape=SHAPE, seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_3d(cohort, tmp_path_factory):
+    settings = INRConfig(dims=3, steps=2, pixel_ratio=0.02, **TINY)
+    return train(cohort, tmp_path_factory.mktemp("runs") / "3d", settings, quiet=True), settings
+
+
+def brainkernels(*argv, cwd):
+    """The command line in this process (a subprocess per command would spend most of the test
+    importing torch); same parser, same error handling."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        returncode = main([str(arg) for arg in argv])
+    return subprocess.CompletedProcess(argv, returncode, out.getvalue(), err.getvalue())
+
+
+def first_scan(cohort):
+    return scans_by_subject(read_dhcp(cohort))["SYN001"][0].t2w_path
+
+
+def test_command_line_2d(cohort, tmp_path):
+    run = tmp_path / "run"
+    trained = brainkernels("inr", "train", "--data", cohort, "--out", run, "--dims", "2", "--steps", "3",
+                           "--width", "16", "--depth", "3", "--latent-size", "8", "--batch-size", "2",
+                           "--pixel-ratio", "0.2", "--device", "cpu", "--quiet", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    scan = first_scan(cohort)
+    single = brainkernels("inr", "predict", "--model", run, "--input", scan, "--age-in", "32", "--age-out", "40",
+                          "--out", tmp_path / "pred.nii.gz", "--fit-steps", "3", "--quiet", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    prediction = nib.load(tmp_path / "pred.nii.gz")
+    assert prediction.shape == (SHAPE, SHAPE, 1)
+    # The 2D model's output is the central axial slice, placed where that slice lies in the input.
+    expected = nib.as_closest_canonical(nib.load(scan)).affine @ np.diag([1, 1, 1, 1.0])
+    expected[:3, 3] += expected[:3, 2] * (SHAPE // 2)
+    np.testing.assert_allclose(prediction.affine, expected, atol=1e-5)
+    assert (tmp_path / "pred_reconstruction.nii.gz").is_file()
+    sequence = brainkernels("inr", "predict", "--model", run, "--input", scan, "--age-in", "32", "--ages",
+                            "28,36,44", "--out", tmp_path / "sequence", "--fit-steps", "2", "--quiet", cwd=tmp_path)
+    assert sequence.returncode == 0, sequence.stderr
+    assert {p.name for p in (tmp_path / "sequence").iterdir()} == {
+        "reconstruction.nii.gz", "28w.nii.gz", "36w.nii.gz", "44w.nii.gz", "sequence.png"}
+    mapped = brainkernels("inr", "atlas", "--model", run, "--ages", "30,40", "--out", tmp_path / "atlas", cwd=tmp_path)
+    assert mapped.returncode == 0, mapped.stderr
+    assert (tmp_path / "atlas" / "mean_40w.nii.gz").is_file() and (tmp_path / "atlas" / "zero.png").is_file()
+    evaluated = brainkernels("inr", "evaluate", "--model", run, "--data", cohort, "--fit-steps", "2", "--quiet",
+                             cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "psnr" in evaluated.stdout and "hc_sigma_cm" in evaluated.stdout
+    for output in ("pairs.csv", "summary.csv", "head_circumference.png"):
+        assert (run / "evaluation" / output).is_file()
+
+
+def test_python_api_3d(cohort, run_3d, tmp_path):
+    run, settings = run_3d
+    trained = load_trained(run)
+    assert trained.settings == settings and trained.grid.shape == (SHAPE,) * 3
+    # SSL: one latent per training subject, whole subjects held out for testing, plus the global one.
+    training_subjects = set(trained.keys)
+    assert trained.model.latents.num_embeddings == len(training_subjects) + 1
+    summary = evaluate(run, cohort, tmp_path / "evaluation", fit_steps=2, fit_voxels=64, quiet=True)
+    assert -1 <= summary["ssim"] <= 1 and summary["psnr"] > 0 and 0 <= summary["mae"] <= 1
+    scan = first_scan(cohort)
+    written = predict(run, scan, 30.0, [40.0], tmp_path / "out.nii.gz", fit_steps=2, quiet=True)
+    image = nib.load(written[-1])
+    assert image.shape == (SHAPE,) * 3
+    np.testing.assert_allclose(image.affine, nib.as_closest_canonical(nib.load(scan)).affine, atol=1e-5)
+    assert np.isfinite(image.get_fdata()).all()
+
+
+def test_ages_outside_the_trained_range_warn(cohort, run_3d, tmp_path):
+    with pytest.warns(UserWarning, match="outside the trained range 26-45 weeks"):
+        atlas(run_3d[0], [50.0], tmp_path)
+
+
+def test_scan_on_another_grid_is_refused(run_3d, tmp_path):
+    other = tmp_path / "other.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((SHAPE + 2,) * 3, np.float32), np.eye(4)), other)
+    with pytest.raises(BrainkernelsError, match=r"other.nii.gz: shape \(18, 18, 18\) differs from the model's grid"):
+        predict(run_3d[0], other, 30.0, [40.0], tmp_path / "out.nii.gz", fit_steps=1, quiet=True)
+
+
+def test_checkpoint_with_a_latent_table_of_the_wrong_size(run_3d, tmp_path):
+    run = shutil.copytree(run_3d[0], tmp_path / "run")
+    (checkpoint,) = (run / "checkpoints").iterdir()
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["model"]["latents.weight"] = torch.zeros(3, 8)
+    torch.save(payload, checkpoint)
+    with pytest.raises(BrainkernelsError, match=r"latent table of shape \(3, 8\)"):
+        load_trained(run)
+
+
+def test_missing_age_in_a_sessions_table_is_named(cohort, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(cohort, broken)
+    table = broken / "sub-SYN001" / "sub-SYN001_sessions.tsv"
+    lines = table.read_text().splitlines()
+    lines[1] = lines[1].split("\t")[0] + "\t"
+    table.write_text("\n".join(lines) + "\n")
+    result = brainkernels("inr", "train", "--data", broken, "--out", tmp_path / "run", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "sub-SYN001_sessions.tsv: scan_age on line 2 is empty" in result.stderr
+
+
+def test_not_an_inr_run(tmp_path):
+    with pytest.raises(BrainkernelsError, match="not a run folder"):
+        load_trained(tmp_path)
+    (tmp_path / "config.toml").write_text("m = 16\n")
+    with pytest.raises(BrainkernelsError, match="not an INR run"):
+        load_trained(tmp_path)
