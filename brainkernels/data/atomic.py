@@ -4,6 +4,7 @@ an exception never leaves a half-written output under the real name."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import tempfile
 from collections.abc import Iterator
@@ -29,3 +30,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         temporary_path.unlink(missing_ok=True)
         raise
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """``rows`` (dicts with the same keys, in column order) as a CSV file with a header, atomically."""
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -2,12 +2,14 @@
 
 from brainkernels.nn.coordinate_mlp import CoordinateMLP, CoordinateMLPLayer, ReferenceCoordinateMLP
 from brainkernels.nn.group_norm import GroupNormSiLU, convert_module
+from brainkernels.nn.norm_act_conv import GroupNormSiLUConv
 from brainkernels.nn.patches import PatchExtractor3d
 
 __all__ = [
     "CoordinateMLP",
     "CoordinateMLPLayer",
     "GroupNormSiLU",
+    "GroupNormSiLUConv",
     "PatchExtractor3d",
     "ReferenceCoordinateMLP",
     "convert_module",

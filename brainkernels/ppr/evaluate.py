@@ -3,7 +3,6 @@ and the autoencoder baseline."""
 
 from __future__ import annotations
 
-import csv
 import os
 import warnings
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-from brainkernels.data.atomic import atomic_path  # noqa: E402
+from brainkernels.data.atomic import write_csv  # noqa: E402
 from brainkernels.data.layouts.cq500 import load_cq500_structures, read_cq500  # noqa: E402
 from brainkernels.data.volume import Volume, is_nifti, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
@@ -105,13 +104,6 @@ def _structure_scores(maps: dict[str, torch.Tensor], structures: torch.Tensor) -
     return scores
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _roc_figure(results: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str) -> plt.Figure:
     figure, axis = plt.subplots(figsize=(5.5, 5))
     for name, (false_positive, true_positive, auroc) in results.items():
@@ -164,8 +156,8 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
                 aurocs[name] = float(roc_auc_score(truth, score))
                 false_positive, true_positive, _ = roc_curve(truth, score)
                 curves[name] = (false_positive, true_positive, aurocs[name])
-            _write_csv(out / "scores.csv", rows)
-            _write_csv(out / "auroc.csv", [{"structure": name, "auroc": value, "scans": len(rows),
+            write_csv(out / "scores.csv", rows)
+            write_csv(out / "auroc.csv", [{"structure": name, "auroc": value, "scans": len(rows),
                                             "positives": sum(row[STRUCTURES[name][1]] for row in rows)}
                                            for name, value in aurocs.items()])
             if curves:

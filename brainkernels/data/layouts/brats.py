@@ -40,7 +40,7 @@ def read_brats(root: str | Path) -> list[BraTSSubject]:
     folders = [entry for entry in visible_entries(root) if entry.is_dir()]
     if not folders:
         raise ValueError(f"{root}: no subject folders (expected {_LAYOUT})")
-    return [_read_subject(folder) for folder in folders]
+    return [read_brats_subject(folder) for folder in folders]
 
 
 def load_brats_image(subject: BraTSSubject) -> Volume:
@@ -61,7 +61,9 @@ def whole_tumour(seg: Tensor) -> Tensor:
     return seg > 0
 
 
-def _read_subject(folder: Path) -> BraTSSubject:
+def read_brats_subject(folder: str | Path) -> BraTSSubject:
+    """Describe one subject folder (``<id>/<id>_{t1,t1ce,t2,flair}[, _seg].nii.gz``)."""
+    folder = Path(folder)
     subject_id = folder.name
     paths = {}
     for modality in (*MODALITIES, "seg"):

@@ -1,0 +1,91 @@
+"""`brainkernels patchddm train|segment|evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+
+from brainkernels.runtime import config
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers of at least 1, got {text!r}")
+    return values
+
+
+def _train(arguments: argparse.Namespace) -> int:
+    from brainkernels.patchddm.train import PatchDDMConfig, train
+
+    settings = config.config_from_arguments(PatchDDMConfig, arguments)
+    run = train(arguments.data, arguments.out, settings, resume=arguments.resume, quiet=arguments.quiet)
+    print(f"trained PatchDDM ({settings.mode} mode); run folder: {run}")
+    return 0
+
+
+def _segment(arguments: argparse.Namespace) -> int:
+    from brainkernels.patchddm.evaluate import segment
+
+    written = segment(arguments.model, arguments.input, arguments.out, steps=arguments.steps,
+                      ensemble=arguments.ensemble, seed=arguments.seed, device=arguments.device, quiet=arguments.quiet)
+    print(f"wrote {len(written)} segmentation(s) (mask, probability, variance, PNG) to {arguments.out}")
+    return 0
+
+
+def _evaluate(arguments: argparse.Namespace) -> int:
+    from brainkernels.patchddm.evaluate import evaluate
+
+    summary = evaluate(arguments.model, arguments.data, arguments.out, steps=arguments.steps,
+                       ensemble=arguments.ensemble, seed=arguments.seed, device=arguments.device, quiet=arguments.quiet)
+    print(f"{'steps':>5} {'ensemble':>8} {'Dice':>15} {'HD95 (mm)':>17}")
+    for row in summary:
+        print(f"{row['steps']:>5} {row['ensemble']:>8} {row['dice_mean']:>8.3f} ± {row['dice_std']:.3f} "
+              f"{row['hd95_mean_mm']:>9.2f} ± {row['hd95_std_mm']:.2f}")
+    return 0
+
+
+def _sampling_options(parser: argparse.ArgumentParser, *, lists: bool) -> None:
+    parser.add_argument("--model", required=True, metavar="RUN", help="run folder written by `patchddm train`")
+    kind = _int_list if lists else int
+    parser.add_argument("--steps", type=kind, default=[20] if lists else 20,
+                        help="DDIM sampling steps" + (" (comma-separated list)" if lists else ""))
+    parser.add_argument("--ensemble", type=kind, default=[1, 3, 5] if lists else 5,
+                        help="ensemble size(s)" + (" (comma-separated list)" if lists else ""))
+    parser.add_argument("--seed", type=int, default=0, help="member k starts from the noise of seed + k")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register_command(commands) -> None:
+    patchddm = commands.add_parser("patchddm", help="diffusion-model tumour segmentation in MR",
+                                   description="PatchDDM (Bieder et al., MIDL 2023): a 3D diffusion U-Net trained on "
+                                               "coordinate-encoded patches, sampled on the whole volume.")
+    verbs = patchddm.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    train = verbs.add_parser("train", help="train on the training split of a BraTS-layout cohort",
+                             description="Train PatchDDM (--mode patch) or the FullRes / HalfRes baselines.")
+    train.add_argument("--data", required=True, help="BraTS-layout folder (one folder per subject)")
+    train.add_argument("--out", required=True, metavar="RUN", help="run folder")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    from brainkernels.patchddm.train import PatchDDMConfig
+
+    config.add_arguments(train, PatchDDMConfig)
+    train.set_defaults(run=_train)
+
+    segment = verbs.add_parser("segment", help="tumour masks with uncertainty (NIfTI + PNG)",
+                               description="Sample an ensemble per subject: mask, mean probability, variance.")
+    _sampling_options(segment, lists=False)
+    segment.add_argument("--input", required=True, help="a BraTS subject folder or a folder of them")
+    segment.add_argument("--out", required=True, help="output folder")
+    segment.set_defaults(run=_segment)
+
+    evaluate = verbs.add_parser("evaluate", help="Dice and HD95 on the test split",
+                                description="Dice and HD95 per test subject, per sampling steps and ensemble size.")
+    _sampling_options(evaluate, lists=True)
+    evaluate.add_argument("--data", required=True, help="the BraTS-layout cohort the run was trained on")
+    evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
+    evaluate.set_defaults(run=_evaluate)

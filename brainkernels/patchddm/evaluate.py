@@ -1,0 +1,177 @@
+"""``segment`` (NIfTI mask, mean probability and variance maps, PNG overlays) and ``evaluate``
+(Dice and HD95 per subject, per number of sampling steps and ensemble size, with plots)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from brainkernels.data.atomic import write_csv  # noqa: E402
+from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject  # noqa: E402
+from brainkernels.data.volume import Volume, save_nifti  # noqa: E402
+from brainkernels.errors import BrainkernelsError  # noqa: E402
+from brainkernels.figures import orthogonal_slices, save_figure  # noqa: E402
+from brainkernels.metrics.segmentation import dice, hausdorff95  # noqa: E402
+from brainkernels.patchddm.data import prepare_subject  # noqa: E402
+from brainkernels.patchddm.infer import Segmentation, sample_members  # noqa: E402
+from brainkernels.patchddm.train import load_trained, split_subjects  # noqa: E402
+from brainkernels.runtime import RunFolder, setup, teardown  # noqa: E402
+from brainkernels.runtime.inference import run_cohort  # noqa: E402
+from brainkernels.runtime.progress import progress  # noqa: E402
+
+FIGURE_CHANNEL = MODALITIES.index("flair")  # the sequence the tumour shows best on
+
+
+def input_subjects(path: str | os.PathLike) -> list[BraTSSubject]:
+    """One subject folder, or a BraTS-layout folder of them."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BrainkernelsError(f"{path}: no such folder (give a BraTS subject folder or a cohort folder)")
+    if any(entry.name.startswith(f"{path.name}_") for entry in path.iterdir()):
+        return [read_brats_subject(path)]
+    return read_brats(path)
+
+
+def _figure_point(probability: torch.Tensor) -> tuple[int, ...] | None:
+    """The centre of mass of the segmentation, or None (the volume centre) if it is empty."""
+    if probability.max() <= 0.5:
+        return None
+    return tuple(int(round(c)) for c in ndimage.center_of_mass((probability > 0.5).numpy()))
+
+
+def write_figures(out: Path, subject_id: str, image: torch.Tensor, segmentation: Segmentation,
+                  truth: torch.Tensor | None = None) -> None:
+    """``<id>_segmentation.png`` (mean probability, the mask's and the truth's outlines) and
+    ``<id>_uncertainty.png`` (ensemble variance) on the FLAIR slices through the segmentation."""
+    mean, variance, mask = segmentation.mean(), segmentation.variance(), segmentation.mask()
+    point = _figure_point(mean)
+    contours = mask.long() if truth is None else mask.long() + 2 * (truth > 0.5).long() * (1 - mask.long())
+    members = segmentation.members.shape[0]
+    save_figure(orthogonal_slices(image[FIGURE_CHANNEL], point=point, overlay=mean, contours=contours,
+                                  overlay_label="tumour probability", overlay_range=(0.05, 1.0),
+                                  title=f"{subject_id}: mean of {members} member(s)"
+                                        + (" (orange: mask outline, green: tumour the mask missed)" if truth is not None else "")),
+                out / f"{subject_id}_segmentation.png")
+    save_figure(orthogonal_slices(image[FIGURE_CHANNEL], point=point, overlay=variance, contours=mask.long(),
+                                  overlay_label="ensemble variance", overlay_range=(0.005, max(0.25, float(variance.max()))),
+                                  cmap="viridis", title=f"{subject_id}: uncertainty over {members} member(s)"),
+                out / f"{subject_id}_uncertainty.png")
+
+
+def segment(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.PathLike, *, steps: int = 20,
+            ensemble: int = 5, seed: int = 0, device: str = "auto", quiet: bool = False) -> list[Path]:
+    """Segment every subject under ``inputs``; writes ``<id>_mask``, ``_probability`` and
+    ``_variance`` NIfTI files (the input's affine) and PNGs to ``out``. Returns the mask paths."""
+    distributed = setup(device)
+    try:
+        model, settings = load_trained(run_dir, distributed.device)
+        subjects = input_subjects(inputs)
+        out = Path(out)
+
+        def one(subject: BraTSSubject) -> Path:
+            prepared = prepare_subject(subject, settings.volume_multiple, with_mask=False)
+            bar = progress(total=steps * ensemble, desc=f"{subject.subject_id}: {ensemble} x {steps} steps",
+                           quiet=quiet, main=distributed.is_main, leave=False)
+            segmentation = sample_members(model, settings, prepared, steps=steps, ensemble=ensemble, seed=seed,
+                                          on_step=lambda: bar.update(1))
+            bar.close()
+            affine = prepared.affine
+            for name, data in (("mask", segmentation.mask().float()), ("probability", segmentation.mean()),
+                               ("variance", segmentation.variance())):
+                save_nifti(Volume(data[None], affine), out / f"{subject.subject_id}_{name}.nii.gz")
+            write_figures(out, subject.subject_id, prepared.image[(slice(None), *prepared.crop)], segmentation)
+            return out / f"{subject.subject_id}_mask.nii.gz"
+
+        return run_cohort(subjects, one, distributed, description="segmentation", quiet=quiet,
+                          sizes=f"mode={settings.mode}", advice="Use --precision bf16 when training, or a GPU "
+                          "with more memory; sampling needs the whole volume at once.")
+    finally:
+        teardown()
+
+
+def _scores(segmentation: Segmentation, truth: torch.Tensor, sizes: list[int]) -> list[dict]:
+    return [{"ensemble": size, "dice": dice(segmentation.mask(size), truth),
+             "hd95_mm": hausdorff95(segmentation.mask(size), truth)} for size in sizes]
+
+
+def _summary(rows: list[dict]) -> list[dict]:
+    summary = []
+    for key in sorted({(row["steps"], row["ensemble"]) for row in rows}):
+        chosen = [row for row in rows if (row["steps"], row["ensemble"]) == key]
+        dices = np.array([row["dice"] for row in chosen])
+        distances = np.array([row["hd95_mm"] for row in chosen])
+        summary.append({"steps": key[0], "ensemble": key[1], "subjects": len(chosen),
+                        "dice_mean": dices.mean(), "dice_std": dices.std(),
+                        "hd95_mean_mm": np.nanmean(distances) if np.isfinite(distances).any() else float("nan"),
+                        "hd95_std_mm": np.nanstd(distances) if np.isfinite(distances).any() else float("nan")})
+    return summary
+
+
+def _plot(summary: list[dict], title: str) -> plt.Figure:
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for steps in sorted({row["steps"] for row in summary}):
+        chosen = [row for row in summary if row["steps"] == steps]
+        sizes = [row["ensemble"] for row in chosen]
+        left.errorbar(sizes, [row["dice_mean"] for row in chosen], yerr=[row["dice_std"] for row in chosen],
+                      marker="o", capsize=3, label=f"{steps} steps")
+        right.errorbar(sizes, [row["hd95_mean_mm"] for row in chosen], yerr=[row["hd95_std_mm"] for row in chosen],
+                       marker="o", capsize=3, label=f"{steps} steps")
+    left.set(xlabel="ensemble size", ylabel="Dice (whole tumour)", ylim=(0, 1))
+    right.set(xlabel="ensemble size", ylabel="HD95 (mm)")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    return figure
+
+
+def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
+             steps: list[int] = (20,), ensemble: list[int] = (1, 3, 5), seed: int = 0, device: str = "auto",
+             quiet: bool = False) -> list[dict]:
+    """Dice and HD95 on the run's test subjects of the cohort at ``data``, for every number of
+    sampling steps and ensemble size; writes ``scores.csv`` (per subject), ``summary.csv``,
+    ``dice_vs_ensemble.png`` and the figures of each subject to ``out`` (default RUN/evaluation).
+    Returns the summary rows (mean and std over subjects)."""
+    if not steps or not ensemble or min(ensemble) < 1:
+        raise BrainkernelsError(f"--ensemble sizes must be at least 1 and --steps non-empty; got {ensemble}, {steps}")
+    distributed = setup(device)
+    try:
+        model, settings = load_trained(run_dir, distributed.device)
+        _, _, test = split_subjects(read_brats(data), settings.split_seed)
+        if not test:
+            raise BrainkernelsError(f"{data}: the cohort is too small to have test subjects")
+        out = Path(out) if out is not None else RunFolder(run_dir).root / "evaluation"
+        sizes = sorted(set(ensemble))
+
+        def one(subject: BraTSSubject) -> list[dict]:
+            prepared = prepare_subject(subject, settings.volume_multiple, with_mask=True)
+            truth = prepared.mask[0][prepared.crop]
+            rows = []
+            for count in progress(steps, desc=subject.subject_id, quiet=quiet, main=distributed.is_main, leave=False):
+                segmentation = sample_members(model, settings, prepared, steps=count, ensemble=sizes[-1], seed=seed)
+                rows += [{"subject": subject.subject_id, "steps": count, **row}
+                         for row in _scores(segmentation, truth, sizes)]
+            image = prepared.image[(slice(None), *prepared.crop)]
+            write_figures(out / "figures", subject.subject_id, image, segmentation, truth)
+            return rows
+
+        results = run_cohort(test, one, distributed, description="evaluation", quiet=quiet,
+                             sizes=f"mode={settings.mode}", advice="Evaluate on a GPU with more memory.")
+        rows = [row for rows in results for row in rows]
+        summary = _summary(rows)
+        if distributed.is_main:
+            write_csv(out / "scores.csv", rows)
+            write_csv(out / "summary.csv", summary)
+            save_figure(_plot(summary, f"PatchDDM ({settings.mode} mode), {len(test)} test subjects"),
+                        out / "dice_vs_ensemble.png")
+        return summary
+    finally:
+        teardown()

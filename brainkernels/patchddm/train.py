@@ -1,0 +1,131 @@
+"""Training PatchDDM (patch mode) or its baselines FullRes / HalfRes on a BraTS-layout cohort."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from brainkernels.data.layouts.brats import read_brats
+from brainkernels.data.layouts.splits import split_by_subject
+from brainkernels.errors import BrainkernelsError
+from brainkernels.patchddm.data import MODES, Mode, TrainingSamples
+from brainkernels.patchddm.diffusion import Diffusion, mask_to_signal
+from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, DiffusionUNet
+from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, checkpoint, config, setup, teardown
+
+METHOD = "patchddm"
+ARCHITECTURE_KEYS = ("mode", "channels", "channel_mult", "blocks", "diffusion_steps")
+SPLIT = (0.8, 0.1, 0.1)  # train / validation / test, as the paper
+MR_CHANNELS, COORDINATE_CHANNELS = 4, 3
+
+
+@dataclass(frozen=True)
+class PatchDDMConfig(TrainerConfig):
+    mode: Mode = field(default="patch", metadata={"help": "patch (PatchDDM), full (FullRes) or half (HalfRes)"})
+    patch: int = field(default=128, metadata={"help": "patch edge in voxels (patch mode)"})
+    channels: int = field(default=PAPER_CHANNELS, metadata={"help": "U-Net base channels (also the GroupNorm groups)"})
+    channel_mult: tuple[int, ...] = field(default=PAPER_CHANNEL_MULT,
+                                          metadata={"help": "channel multiplier per level, e.g. 1,3,4,4,4,4,4"})
+    blocks: int = field(default=2, metadata={"help": "residual blocks per level"})
+    diffusion_steps: int = field(default=1000, metadata={"help": "diffusion steps T"})
+    lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
+    batch_size: int = field(default=1, metadata={"help": "samples per optimiser step"})
+    steps: int = field(default=1000, metadata={"help": "optimiser steps"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the train/validation/test split"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in MODES:
+            raise ValueError(f"key 'mode' must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if not self.channel_mult or any(m < 1 for m in self.channel_mult):
+            raise ValueError(f"key 'channel_mult' must be positive ints; got {self.channel_mult!r}")
+        if self.channels < 1 or self.blocks < 1 or self.diffusion_steps < 1:
+            raise ValueError("keys 'channels', 'blocks' and 'diffusion_steps' must be at least 1")
+        if self.patch < 1 or self.patch % self.size_multiple:
+            raise ValueError(f"key 'patch' must be a positive multiple of {self.size_multiple} "
+                             f"(2^(levels - 1) for {len(self.channel_mult)} levels); got {self.patch}")
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def volume_multiple(self) -> int:
+        """Volumes are padded to multiples of this: half mode halves them first."""
+        return self.size_multiple * (2 if self.mode == "half" else 1)
+
+
+def build_model(settings: PatchDDMConfig, *, fused: bool = True) -> DiffusionUNet:
+    """The U-Net; its input is x_t, the four MR sequences and, in patch mode, the coordinates."""
+    in_channels = 1 + MR_CHANNELS + (COORDINATE_CHANNELS if settings.mode == "patch" else 0)
+    return DiffusionUNet(in_channels, 1, settings.channels, settings.channel_mult, settings.blocks, fused=fused)
+
+
+def split_subjects(subjects: list, seed: int) -> tuple[list, list, list]:
+    """(train, validation, test) subjects, split by id."""
+    split = split_by_subject([s.subject_id for s in subjects], SPLIT, seed)
+    return tuple([s for s in subjects if s.subject_id in part] for part in (split.train, split.validation, split.test))
+
+
+def noise_prediction_loss(diffusion: Diffusion):
+    """The epsilon-prediction MSE of a batch at uniformly drawn timesteps."""
+
+    def loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        x0 = mask_to_signal(batch["mask"])
+        t = diffusion.sample_timesteps(x0.shape[0], x0.device)
+        noise = torch.randn_like(x0)
+        predicted = model(torch.cat([diffusion.add_noise(x0, t, noise), batch["condition"]], dim=1), t)
+        return F.mse_loss(predicted.float(), noise)
+
+    return loss
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, settings: PatchDDMConfig, *, resume: bool = False,
+          quiet: bool = False) -> Path:
+    """Train on the training split of the BraTS-layout cohort at ``data``; the run folder is ``out``."""
+    distributed = setup(settings.device)
+    try:
+        training, _, _ = split_subjects(read_brats(data), settings.split_seed)
+        if not training:
+            raise BrainkernelsError(f"{data}: too few subjects for a training split")
+        dataset = TrainingSamples(training, settings.mode, settings.patch, settings.volume_multiple)
+        run = RunFolder(out)
+        if distributed.is_main:
+            run.create()
+            config.write_toml(settings, run.config)
+        distributed.barrier()
+        trainer = Trainer(
+            method=METHOD, build_model=lambda: build_model(settings),
+            build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),
+            loss_fn=noise_prediction_loss(Diffusion(settings.diffusion_steps)), dataset=dataset, config=settings,
+            distributed=distributed, run=run, run_config=config.to_dict(settings), architecture_keys=ARCHITECTURE_KEYS,
+            quiet=quiet, memory_advice="--precision bf16, --patch or --mode patch",
+        )
+        trainer.fit(resume=resume)
+        return run.root
+    finally:
+        teardown()
+
+
+def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[DiffusionUNet, PatchDDMConfig]:
+    """The model of a PatchDDM run folder (its latest checkpoint) and the run's configuration."""
+    run = RunFolder(run_dir)
+    if not run.config.is_file():
+        raise BrainkernelsError(f"{run.root}: not a run folder (no config.toml)")
+    try:
+        settings = config.load_config(PatchDDMConfig, run.config)
+    except BrainkernelsError as error:
+        raise BrainkernelsError(f"{run.root}: not a PatchDDM run ({error})") from None
+    latest = checkpoint.latest_checkpoint(run.checkpoints)
+    if latest is None:
+        raise BrainkernelsError(f"{run.root}: the run has no checkpoint yet")
+    state = checkpoint.load_checkpoint(latest, method=METHOD, config=config.to_dict(settings),
+                                       architecture_keys=ARCHITECTURE_KEYS)
+    model = build_model(settings)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), settings
