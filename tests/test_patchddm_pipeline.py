@@ -1,0 +1,177 @@
+"""PatchDDM's diffusion, data, metrics and its train -> segment -> evaluate pipeline on a small
+synthetic BraTS-layout cohort, from the command line and the Python API, in all three modes."""
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from brainkernels.data.layouts.brats import read_brats
+from brainkernels.data.synth.cohort import write_cohort
+from brainkernels.errors import BrainkernelsError
+from brainkernels.metrics.segmentation import dice, hausdorff95
+from brainkernels.patchddm.data import TrainingSamples, coordinate_channels, pad_to_multiple
+from brainkernels.patchddm.diffusion import Diffusion, mask_to_signal, signal_to_probability
+from brainkernels.patchddm.evaluate import evaluate, segment
+from brainkernels.patchddm.train import PatchDDMConfig, load_trained, split_subjects, train
+
+SHAPE = 24
+SMALL = dict(channels=4, channel_mult=(1, 2, 2), patch=12, steps=2, checkpoint_every=2, device="cpu", lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("brats")
+    write_cohort("brats", root, subjects=10, shape=SHAPE, seed=4)
+    return root
+
+
+def brainkernels(*argv, cwd):
+    return subprocess.run([sys.executable, "-m", "brainkernels", *argv], capture_output=True, text=True, cwd=cwd)
+
+
+def test_ddim_with_the_true_noise_recovers_the_mask():
+    diffusion = Diffusion()
+    x0 = mask_to_signal((torch.rand(1, 1, 4, 4, 4) > 0.5).float())
+    noise = torch.randn_like(x0)
+    x_start = diffusion.add_noise(x0, torch.tensor([999]), noise)
+
+    def oracle(x, t):  # the noise that explains x_t given the true x_0
+        abar = diffusion.alphas_cumprod[t].float().reshape(-1, 1, 1, 1, 1)
+        return (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    for steps in (1, 7, 50):
+        torch.testing.assert_close(diffusion.ddim_sample(oracle, x_start, steps), x0, atol=1e-4, rtol=0)
+
+
+def test_respacing_visits_distinct_descending_timesteps_and_checks_the_count():
+    diffusion = Diffusion(1000)
+    timesteps = diffusion.respaced(20)
+    assert timesteps[0] == 999 and timesteps[-1] == 0 and len(set(timesteps)) == 20
+    assert timesteps == sorted(timesteps, reverse=True)
+    for bad in (0, 1001):
+        with pytest.raises(BrainkernelsError, match="--steps"):
+            diffusion.respaced(bad)
+
+
+def test_noising_reaches_pure_noise_and_probabilities_map_back():
+    diffusion = Diffusion()
+    x0 = torch.ones(200_000)
+    noised = diffusion.add_noise(x0, torch.tensor([999]), torch.randn_like(x0))
+    assert abs(noised.mean()) < 0.02 and abs(noised.std() - 1) < 0.02
+    assert torch.equal(signal_to_probability(torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.0])),
+                       torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+
+
+def test_padding_to_a_multiple_crops_back_exactly():
+    volume = torch.randn(2, 5, 8, 13)
+    padded, crop = pad_to_multiple(volume, 8)
+    assert padded.shape == (2, 8, 8, 16)
+    assert torch.equal(padded[(slice(None), *crop)], volume)
+    coordinates = coordinate_channels((3, 4, 5))
+    assert coordinates[0, 0].eq(-1).all() and coordinates[0, -1].eq(1).all() and coordinates[2, :, :, -1].eq(1).all()
+
+
+@pytest.mark.parametrize("mode, channels, side", [("patch", 7, 12), ("full", 4, 24), ("half", 4, 12)])
+def test_training_samples_of_each_mode(cohort, mode, channels, side):
+    subjects = split_subjects(read_brats(cohort), 0)[0]
+    sample = TrainingSamples(subjects, mode, 12, 8 if mode == "half" else 4)[0]
+    assert sample["condition"].shape == (channels, side, side, side)
+    assert sample["mask"].shape == (1, side, side, side)
+    assert set(sample["mask"].unique().tolist()) <= {0.0, 1.0}
+
+
+def _random_masks(seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(4, 12, size=3))
+    first, second = rng.random(shape) > rng.uniform(0.3, 0.9), rng.random(shape) > rng.uniform(0.3, 0.9)
+    return first, second
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), spacing=st.tuples(*[st.sampled_from([0.5, 1.0, 2.0])] * 3))
+def test_dice_and_hd95_equal_monai(seed, spacing):
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    first, second = _random_masks(seed)
+    as_tensor = [torch.from_numpy(mask)[None, None].float() for mask in (first, second)]
+    assert dice(first, second) == pytest.approx(compute_dice(*as_tensor).item(), abs=1e-6)
+    expected = compute_hausdorff_distance(*as_tensor, percentile=95, spacing=list(spacing)).item()
+    assert hausdorff95(first, second, spacing) == pytest.approx(expected, abs=1e-4)
+
+
+def test_metrics_of_empty_masks():
+    empty, full = np.zeros((4, 4, 4), bool), np.ones((4, 4, 4), bool)
+    assert dice(empty, empty) == 1 and dice(empty, full) == 0
+    assert hausdorff95(empty, empty) == 0 and np.isnan(hausdorff95(empty, full))
+    with pytest.raises(ValueError, match="shape"):
+        dice(empty, np.zeros((4, 4, 5), bool))
+
+
+def test_command_line_train_segment_evaluate(cohort, tmp_path):
+    run = tmp_path / "run"
+    trained = brainkernels("patchddm", "train", "--data", str(cohort), "--out", str(run), "--channels", "4",
+                           "--channel-mult", "1,2,2", "--patch", "12", "--steps", "2", "--checkpoint-every", "2",
+                           "--device", "cpu", "--quiet", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    subject = sorted(p for p in cohort.iterdir() if p.is_dir())[0]
+    segmented = brainkernels("patchddm", "segment", "--model", str(run), "--input", str(subject), "--steps", "2",
+                             "--ensemble", "2", "--out", str(tmp_path / "seg"), "--quiet", cwd=tmp_path)
+    assert segmented.returncode == 0, segmented.stderr
+    source = nib.as_closest_canonical(nib.load(subject / f"{subject.name}_flair.nii.gz"))
+    for name in ("mask", "probability", "variance"):
+        written = nib.load(tmp_path / "seg" / f"{subject.name}_{name}.nii.gz")
+        assert written.shape == (SHAPE,) * 3
+        np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
+    assert (tmp_path / "seg" / f"{subject.name}_uncertainty.png").stat().st_size > 10_000
+    evaluated = brainkernels("patchddm", "evaluate", "--model", str(run), "--data", str(cohort), "--steps", "1,2",
+                             "--ensemble", "1,2", "--quiet", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.stdout.count("±") == 8  # 2 steps x 2 sizes, Dice and HD95
+    for output in ("scores.csv", "summary.csv", "dice_vs_ensemble.png"):
+        assert (run / "evaluation" / output).is_file()
+
+
+@pytest.mark.parametrize("mode", ["full", "half"])
+def test_python_api_baselines(cohort, tmp_path, mode):
+    settings = PatchDDMConfig(mode=mode, **SMALL)
+    run = train(cohort, tmp_path / mode, settings, quiet=True)
+    model, loaded = load_trained(run)
+    assert loaded == settings and model.size_multiple == 4
+    summary = evaluate(run, cohort, tmp_path / "evaluation", steps=[2], ensemble=[1, 2], quiet=True)
+    assert [row["ensemble"] for row in summary] == [1, 2]
+    assert all(0 <= row["dice_mean"] <= 1 for row in summary)
+    written = segment(run, cohort, tmp_path / "seg", steps=1, ensemble=1, quiet=True)
+    assert len(written) == 10 and all(path.is_file() for path in written)
+
+
+def test_bad_input_gets_clear_errors(cohort, tmp_path):
+    with pytest.raises(ValueError, match="'patch' must be a positive multiple of 4"):
+        PatchDDMConfig(**{**SMALL, "patch": 10})
+    run = train(cohort, tmp_path / "run", PatchDDMConfig(**SMALL), quiet=True)
+    with pytest.raises(BrainkernelsError, match="--ensemble"):
+        segment(run, cohort, tmp_path / "seg", steps=2, ensemble=0, quiet=True)
+    with pytest.raises(BrainkernelsError, match="--steps"):
+        segment(run, cohort, tmp_path / "seg", steps=1001, ensemble=1, quiet=True)
+    broken = tmp_path / "broken" / "BraTS20_Training_001"
+    broken.mkdir(parents=True)
+    source = sorted(p for p in cohort.iterdir() if p.is_dir())[0]
+    for modality in ("t1", "t1ce", "t2"):
+        (broken / f"{broken.name}_{modality}.nii.gz").write_bytes(
+            (source / f"{source.name}_{modality}.nii.gz").read_bytes())
+    result = brainkernels("patchddm", "segment", "--model", str(run), "--input", str(broken), "--out",
+                          str(tmp_path / "seg"), "--quiet", cwd=tmp_path)
+    assert result.returncode == 2 and "flair" in result.stderr
+    seg = nib.load(source / f"{source.name}_seg.nii.gz")
+    labels = np.asarray(seg.dataobj).copy()
+    labels[0, 0, 0] = 3
+    nib.save(nib.Nifti1Image(labels, seg.affine), broken / f"{broken.name}_seg.nii.gz")
+    (broken / f"{broken.name}_flair.nii.gz").write_bytes((source / f"{source.name}_flair.nii.gz").read_bytes())
+    result = brainkernels("patchddm", "train", "--data", str(broken.parent), "--out", str(tmp_path / "bad"),
+                          "--channels", "4", "--channel-mult", "1,2,2", "--patch", "12", "--quiet", cwd=tmp_path)
+    assert result.returncode == 2 and "3" in result.stderr
