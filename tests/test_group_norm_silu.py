@@ -14,7 +14,7 @@ from torch import nn
 
 from brainkernels import _extension, use_backend
 from brainkernels.memory import StorageTracker, measure_peak
-from brainkernels.nn import GroupNormSiLU, convert_module
+from brainkernels.nn import FusedDiffusionUNetResnetBlock, GroupNormSiLU, GroupNormSiLUConv, convert_module
 from brainkernels.ops import group_norm_silu, group_norm_silu_reference
 from brainkernels.ops.group_norm_silu import _CpuKernels, _backward_kernels, _forward_kernels
 
@@ -603,13 +603,35 @@ def test_convert_module_on_monai_diffusion_unet():
     pytest.importorskip("einops")
     torch.manual_seed(3)
     model = nets.DiffusionModelUNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(8, 8),
-                                    attention_levels=(False, False), num_res_blocks=1, norm_num_groups=8,
-                                    num_head_channels=8).eval()
+                                    attention_levels=(False, False), num_res_blocks=1, norm_num_groups=4,
+                                    num_head_channels=8)
+    for parameter in model.parameters():  # MONAI zero-initialises some convolutions
+        nn.init.normal_(parameter, std=0.2)
     original = copy.deepcopy(model)
+    keys = list(model.state_dict())
     x, timesteps = torch.randn(1, 1, 8, 8, 8), torch.tensor([10])
     convert_module(model)
-    # Only the output head is an nn.Sequential(GroupNorm, SiLU, ...); ResNet blocks call their
-    # norm and activation from forward and are left alone.
+    # The ResNet blocks without up/downsampling are fused, and the output head's GroupNorm + SiLU.
+    assert sum(isinstance(m, FusedDiffusionUNetResnetBlock) for m in model.modules()) == 8
     assert sum(isinstance(m, GroupNormSiLU) for m in model.modules()) == 1
+    assert list(model.state_dict()) == keys
     with torch.no_grad():
         torch.testing.assert_close(model(x, timesteps), original(x, timesteps))
+    model(x, timesteps).square().sum().backward()
+    original(x, timesteps).square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), original.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name, rtol=1e-4, atol=1e-5)
+
+
+def test_convert_module_fuses_the_plain_patchddm_unet():
+    from brainkernels.patchddm.unet import DiffusionUNet
+
+    torch.manual_seed(4)
+    model = DiffusionUNet(3, channels=4, channel_mult=(1, 2), groups=2, fused=False)
+    for parameter in model.parameters():
+        nn.init.normal_(parameter, std=0.2)
+    original = copy.deepcopy(model)
+    x, timesteps = torch.randn(1, 3, 4, 8, 4), torch.tensor([5])
+    convert_module(model)
+    assert all(module.fused for module in model.modules() if isinstance(module, GroupNormSiLUConv))
+    torch.testing.assert_close(model(x, timesteps), original(x, timesteps), rtol=1e-4, atol=1e-5)

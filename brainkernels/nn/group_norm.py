@@ -72,29 +72,3 @@ class GroupNormSiLU(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
                 f"activation={self.activation!r}")
-
-
-def convert_module(model: nn.Module) -> nn.Module:
-    """Fuse GroupNorm + SiLU pairs of ``model`` in place, and return ``model``.
-
-    Converted: inside every ``nn.Sequential`` (at any depth, ``model`` itself included), a child
-    of type exactly ``nn.GroupNorm`` immediately followed by a child of type exactly ``nn.SiLU``
-    (``inplace`` or not). The GroupNorm is replaced by a :class:`GroupNormSiLU` sharing its
-    parameters and the SiLU by ``nn.Identity``, under the same names, so the state_dict keys and
-    the outputs (to float rounding) are unchanged.
-
-    Not converted: subclasses of either module; pairs in other containers (``nn.ModuleList``,
-    ``nn.ModuleDict``); and modules that call a GroupNorm and then a SiLU in their own
-    ``forward`` (as MONAI's ``DiffusionModelUNet`` ResNet blocks do): a module walker cannot
-    see that call order. Use :class:`GroupNormSiLU` in such models directly.
-    """
-    for module in list(model.modules()):
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = list(module._modules)
-        for first, second in zip(names, names[1:]):
-            norm, act = module._modules[first], module._modules[second]
-            if type(norm) is nn.GroupNorm and type(act) is nn.SiLU:
-                module._modules[first] = GroupNormSiLU.from_group_norm(norm)
-                module._modules[second] = nn.Identity()
-    return model

@@ -155,6 +155,27 @@ def _slab_inference(x, skip, emb, norm: nn.GroupNorm, conv: nn.Conv3d) -> Tensor
     return out
 
 
+def is_same_size_convolution(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a plain stride-1 convolution with "same" zero padding (what the fused
+    path implements)."""
+    return (isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and conv.groups == 1
+            and conv.padding_mode == "zeros" and all(s == 1 for s in conv.stride)
+            and all(d == 1 for d in conv.dilation) and len(set(conv.kernel_size)) == 1
+            and conv.kernel_size[0] % 2 == 1 and all(p == conv.kernel_size[0] // 2 for p in conv.padding))
+
+
+def group_norm_silu_conv(x: Tensor, norm: nn.GroupNorm, conv: nn.Module, *, skip: Optional[Tensor] = None,
+                         emb: Optional[Tensor] = None) -> Tensor:
+    """``conv(silu(norm((x + skip) / 2 + emb)))`` with the parameters of existing ``norm`` and
+    ``conv`` modules (see :func:`is_same_size_convolution`), storing nothing but the inputs for
+    backward, and in 3D inference never holding the whole activation."""
+    tensors = (x, skip, emb, norm.weight, norm.bias, conv.weight, conv.bias)
+    if x.dim() == 5 and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        return _slab_inference(x, skip, emb, norm, conv)
+    return _NormActConv.apply(x, skip, emb, norm.weight, norm.bias, conv.weight, conv.bias, norm.num_groups, norm.eps,
+                              conv.padding[0])
+
+
 class GroupNormSiLUConv(nn.Module):
     """``conv(silu(group_norm((x + skip) / 2 + emb)))`` (``skip``, ``emb`` optional) with stride 1
     and "same" padding, for 1D, 2D and 3D inputs.
@@ -177,16 +198,11 @@ class GroupNormSiLUConv(nn.Module):
         self.fused = fused
 
     def forward(self, x: Tensor, skip: Optional[Tensor] = None, emb: Optional[Tensor] = None) -> Tensor:
-        norm, conv = self.norm, self.conv
         if not self.fused:
-            activation = group_norm_silu_reference(x, norm.num_groups, norm.weight, norm.bias, norm.eps, skip=skip,
-                                                   emb=emb)
-            return conv(activation)
-        tensors = (x, skip, emb, norm.weight, norm.bias, conv.weight, conv.bias)
-        if x.dim() == 5 and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
-            return _slab_inference(x, skip, emb, norm, conv)
-        return _NormActConv.apply(x, skip, emb, norm.weight, norm.bias, conv.weight, conv.bias, norm.num_groups,
-                                  norm.eps, conv.padding[0])
+            norm = self.norm
+            return self.conv(group_norm_silu_reference(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
+                                                       skip=skip, emb=emb))
+        return group_norm_silu_conv(x, self.norm, self.conv, skip=skip, emb=emb)
 
     def extra_repr(self) -> str:
         return f"fused={self.fused}"
