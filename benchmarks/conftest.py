@@ -56,20 +56,23 @@ def _synchronized(fn, device: torch.device):
 def compare(benchmark, device):
     """``compare(group, name, fn, baseline=False, **info)``: time ``fn`` and measure its peak bytes."""
 
-    def run(group: str, name: str, fn, baseline: bool = False, extrapolate: float = 1.0, **info):
+    def run(group: str, name: str, fn, baseline: bool = False, extrapolate: float = 1.0, measure_memory: bool = True,
+            **info):
         """``extrapolate``: the timed call does 1/extrapolate of the group's work (a baseline too
-        slow to run whole); its time is scaled up in the summary and said so."""
-        peak = measure_peak(fn, device=device)
+        slow to run whole); its time is scaled up in the summary and said so. ``measure_memory=False``
+        for code the CPU storage tracker cannot run under (torch.compile): time only."""
+        peak = measure_peak(fn, device=device) if measure_memory else None
         benchmark.group = group
         benchmark.extra_info.update(
-            implementation=name, peak_bytes=peak.peak_bytes, memory_method=peak.method, device=str(device),
+            implementation=name, peak_bytes=peak and peak.peak_bytes, memory_method=peak and peak.method,
+            device=str(device),
             device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             torch=torch.__version__, **info,
         )
         benchmark.pedantic(_synchronized(fn, device), rounds=5, warmup_rounds=1, iterations=1)
         if benchmark.stats is not None:
             _results[group][name] = {"median_s": benchmark.stats.stats.median * extrapolate,
-                                     "peak_bytes": peak.peak_bytes, "baseline": baseline,
+                                     "peak_bytes": peak and peak.peak_bytes, "baseline": baseline,
                                      "extrapolated_from_fraction": 1 / extrapolate, **info}
 
     return run
@@ -87,7 +90,8 @@ def pytest_terminal_summary(terminalreporter, config):
         rows = report[group] = {}
         for name, entry in sorted(entries.items(), key=lambda item: item[1]["median_s"]):
             row = rows[name] = dict(entry)
-            text = f"  {name:<28} {entry['median_s'] * 1e3:10.2f} ms  peak {format_bytes(entry['peak_bytes']):>10}"
+            peak = "n/a" if entry["peak_bytes"] is None else format_bytes(entry["peak_bytes"])
+            text = f"  {name:<28} {entry['median_s'] * 1e3:10.2f} ms  peak {peak:>10}"
             if entry["extrapolated_from_fraction"] != 1:
                 text += f" (time extrapolated from {entry['extrapolated_from_fraction']:.3g} of the work)"
             for key, value in entry.items():
@@ -95,9 +99,10 @@ def pytest_terminal_summary(terminalreporter, config):
                     text += f"  {key} {format_bytes(value)}"
             if reference is not None and not entry["baseline"]:
                 row["speedup_vs_best_baseline"] = reference["median_s"] / entry["median_s"]
-                row["peak_ratio_vs_best_baseline"] = entry["peak_bytes"] / max(reference["peak_bytes"], 1)
-                text += (f"  {row['speedup_vs_best_baseline']:.2f}x faster than the best baseline,"
-                         f" {row['peak_ratio_vs_best_baseline']:.2f}x its peak bytes")
+                text += f"  {row['speedup_vs_best_baseline']:.2f}x faster than the best baseline"
+                if entry["peak_bytes"] is not None and reference["peak_bytes"] is not None:
+                    row["peak_ratio_vs_best_baseline"] = entry["peak_bytes"] / max(reference["peak_bytes"], 1)
+                    text += f", {row['peak_ratio_vs_best_baseline']:.2f}x its peak bytes"
             terminalreporter.write_line(text)
     path = config.getoption("--bench-report")
     if path:

@@ -11,10 +11,11 @@ With ``skip`` and ``emb`` the normalised tensor is ``(x + skip) / 2 + emb`` (Pat
 U-Net skip and timestep embedding), computed inside the fused GroupNorm op, so the average is
 never stored either.
 
-Inference (no grad, 3D) does not materialise the activation at all: the group statistics are
-gathered first, then the activation is made and convolved one slab of ``SLAB`` planes (plus a
-one-plane halo) at a time, written into the output. A U-Net's sampling peak then holds the skips,
-the block's input and its output, not an extra activation.
+Inference (no grad, 3D) of a large volume does not materialise the activation: the group
+statistics are gathered first, then the activation is made and convolved one slab of planes (at
+most ``SLAB_ELEMENTS`` activation elements, plus a halo) at a time, written into the output. A
+U-Net's sampling peak then holds the skips, the block's input and its output, not an extra
+activation. Volumes whose whole activation fits in one slab take the one-shot path (faster).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from brainkernels.ops.group_norm_silu import group_norm_silu, group_norm_silu_reference
 
 _CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-SLAB = 8  # planes per inference slab
+SLAB_ELEMENTS = 1 << 24  # activation elements per inference slab (32 MiB in bfloat16)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -114,11 +115,11 @@ def _slab_input(x: Tensor, skip: Optional[Tensor], emb: Optional[Tensor], start:
     return y
 
 
-def _group_statistics(x: Tensor, skip, emb, num_groups: int, eps: float) -> tuple[Tensor, Tensor]:
+def _group_statistics(x: Tensor, skip, emb, num_groups: int, eps: float, planes: int) -> tuple[Tensor, Tensor]:
     """(N, G) mean and rstd of ``(x + skip) / 2 + emb``, combined over slabs (Chan et al.)."""
     count, mean, m2 = 0, None, None
-    for start in range(0, x.shape[2], SLAB):
-        y = _slab_input(x, skip, emb, start, start + SLAB).reshape(x.shape[0], num_groups, -1)
+    for start in range(0, x.shape[2], planes):
+        y = _slab_input(x, skip, emb, start, start + planes).reshape(x.shape[0], num_groups, -1)
         slab_count = y.shape[2]
         var, slab_mean = torch.var_mean(y, dim=2, correction=0)
         if mean is None:
@@ -132,8 +133,8 @@ def _group_statistics(x: Tensor, skip, emb, num_groups: int, eps: float) -> tupl
     return mean, torch.rsqrt(m2 / count + eps)
 
 
-def _slab_inference(x, skip, emb, norm: nn.GroupNorm, conv: nn.Conv3d) -> Tensor:
-    mean, rstd = _group_statistics(x, skip, emb, norm.num_groups, norm.eps)
+def _slab_inference(x, skip, emb, norm: nn.GroupNorm, conv: nn.Conv3d, planes: int) -> Tensor:
+    mean, rstd = _group_statistics(x, skip, emb, norm.num_groups, norm.eps, planes)
     n, channels, depth = x.shape[:3]
     group_size = channels // norm.num_groups
     scale = rstd.repeat_interleave(group_size, dim=1)
@@ -144,8 +145,8 @@ def _slab_inference(x, skip, emb, norm: nn.GroupNorm, conv: nn.Conv3d) -> Tensor
     scale, shift = scale.reshape(n, channels, 1, 1, 1), shift.reshape(n, channels, 1, 1, 1)
     dtype, halo = _compute_dtype(x), conv.padding[0]
     out = x.new_empty((n, conv.out_channels, *x.shape[2:]), dtype=dtype)
-    for start in range(0, depth, SLAB):
-        stop = min(start + SLAB, depth)
+    for start in range(0, depth, planes):
+        stop = min(start + planes, depth)
         low, high = max(start - halo, 0), min(stop + halo, depth)
         activation = F.silu(_slab_input(x, skip, emb, low, high).mul_(scale).add_(shift)).to(dtype)
         # zero "same" padding of the whole volume along the slab axis, the halo elsewhere
@@ -170,8 +171,13 @@ def group_norm_silu_conv(x: Tensor, norm: nn.GroupNorm, conv: nn.Module, *, skip
     ``conv`` modules (see :func:`is_same_size_convolution`), storing nothing but the inputs for
     backward, and in 3D inference never holding the whole activation."""
     tensors = (x, skip, emb, norm.weight, norm.bias, conv.weight, conv.bias)
-    if x.dim() == 5 and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
-        return _slab_inference(x, skip, emb, norm, conv)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        planes = max(1, SLAB_ELEMENTS // (x[:, :, 0].numel() or 1))
+        if x.dim() == 5 and planes < x.shape[2]:
+            return _slab_inference(x, skip, emb, norm, conv, planes)
+        with _without_autocast(x):
+            return _convolve(_normalise(x, skip, emb, norm.weight, norm.bias, norm.num_groups, norm.eps)
+                             .to(_compute_dtype(x)), conv.weight, conv.bias, conv.padding[0])
     return _NormActConv.apply(x, skip, emb, norm.weight, norm.bias, conv.weight, conv.bias, norm.num_groups, norm.eps,
                               conv.padding[0])
 

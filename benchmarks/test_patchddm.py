@@ -1,0 +1,93 @@
+"""PatchDDM's U-Net: peak memory of the paper's configuration beside its peers, and CPU time.
+
+Peers, batch 1:
+- brainkernels: the U-Net with fused GroupNorm + SiLU + convolution blocks (no stored activations,
+  averaged skips folded into the normalisation, slab-wise inference);
+- (a) the same U-Net with unfused plain-PyTorch blocks (same parameters, same outputs);
+- (b) MONAI's ``DiffusionModelUNet`` in the closest configuration (same channels per level, 2
+  residual blocks, 29 groups, no attention; concatenated skips, as MONAI builds it);
+- (c) (a) under ``torch.compile``: time only on CPU, where peak bytes come from the storage
+  tracker (a TorchDispatchMode) that compiled code cannot run under.
+
+Memory groups (meta device, bfloat16 weights and activations, peak bytes only; a meta "time" is
+bookkeeping): a training step on a 128^3 patch, one sampling step (network evaluation) at 256^3
+and a FullRes training step at 256^3 (paper: 10.6, 24.0 and 78.5 GB). Time groups (CPU, float32,
+29 channels, multipliers (1, 3, 4), 32^3; 64^3 with --bench-scale full): training step and
+sampling step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, DiffusionUNet
+
+IN_CHANNELS = 8  # x_t, four MR sequences, three coordinates
+CPU_MULT = (1, 3, 4)
+MEMORY_CASES = {"training step, 128^3 patch": (128, True), "sampling step, 256^3": (256, False),
+                "FullRes training step, 256^3": (256, True)}
+PAPER_GB = {"training step, 128^3 patch": 10.6, "sampling step, 256^3": 24.0, "FullRes training step, 256^3": 78.5}
+_compiled = {}
+
+
+def _monai(channel_mult):
+    nets = pytest.importorskip("monai.networks.nets")
+    pytest.importorskip("einops")
+    channels = tuple(PAPER_CHANNELS * m for m in channel_mult)
+    return nets.DiffusionModelUNet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=1, channels=channels,
+                                   attention_levels=(False,) * len(channels), num_res_blocks=2,
+                                   norm_num_groups=PAPER_CHANNELS, num_head_channels=PAPER_CHANNELS)
+
+
+def _network(name: str, channel_mult):
+    if name == "brainkernels":
+        return DiffusionUNet(IN_CHANNELS, channel_mult=channel_mult)
+    if name.startswith("(b)"):
+        return _monai(channel_mult)
+    unet = DiffusionUNet(IN_CHANNELS, channel_mult=channel_mult, fused=False)
+    if name.startswith("(c)"):
+        if "unet" not in _compiled:
+            _compiled["unet"] = torch.compile(unet)
+        return _compiled["unet"]
+    return unet
+
+
+def _step(network, side: int, train: bool, device, dtype):
+    shape = (1, IN_CHANNELS, side, side, side)
+    x = torch.empty(shape, dtype=dtype, device=device) if device.type == "meta" else \
+        torch.randn(shape, dtype=dtype).to(device)
+    t = torch.full((1,), 500, device=device)
+
+    def run():
+        if train:
+            network(x, t).float().square().mean().backward()
+            return None
+        with torch.no_grad():
+            return network(x, t)
+    return run
+
+
+@pytest.mark.parametrize("case", list(MEMORY_CASES))
+@pytest.mark.parametrize("name", ["brainkernels", "(a) unfused PyTorch", "(b) MONAI DiffusionModelUNet"])
+def test_memory_at_paper_scale(compare, device, case, name):
+    if device.type != "cpu":
+        pytest.skip("the meta-device memory groups run with --bench-device cpu (the storage tracker)")
+    side, train = MEMORY_CASES[case]
+    meta = torch.device("meta")
+    network = _network(name, PAPER_CHANNEL_MULT).to(device=meta, dtype=torch.bfloat16)
+    compare(f"PatchDDM {case} (meta, bf16: peak bytes only)", name, _step(network, side, train, meta, torch.bfloat16),
+            baseline=name != "brainkernels", memory_device="meta", paper_gb=PAPER_GB[case])
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["training step", "sampling step"])
+@pytest.mark.parametrize("name", ["brainkernels", "(a) unfused PyTorch", "(b) MONAI DiffusionModelUNet",
+                                  "(c) unfused + torch.compile"])
+def test_time_on_a_small_volume(compare, device, scale, train, name):
+    side = 64 if scale == "full" else 32
+    torch.manual_seed(0)
+    network = _network(name, CPU_MULT).to(device)
+    label = "training step" if train else "sampling step"
+    compare(f"PatchDDM {label}, {side}^3, channels 29 x {CPU_MULT}, float32", name,
+            _step(network, side, train, device, torch.float32), baseline=name != "brainkernels",
+            measure_memory=not name.startswith("(c)") or device.type == "cuda")
