@@ -146,7 +146,7 @@ def test_python_api_baselines(cohort, tmp_path, mode):
     summary = evaluate(run, cohort, tmp_path / "evaluation", steps=[2], ensemble=[1, 2], quiet=True)
     assert [row["ensemble"] for row in summary] == [1, 2]
     assert all(0 <= row["dice_mean"] <= 1 for row in summary)
-    written = segment(run, cohort, tmp_path / "seg", steps=1, ensemble=1, quiet=True)
+    written = segment(run, cohort, tmp_path / "seg", steps=1, ensemble=1, precision="bf16", quiet=True)
     assert len(written) == 10 and all(path.is_file() for path in written)
 
 

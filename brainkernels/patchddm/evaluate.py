@@ -66,13 +66,24 @@ def write_figures(out: Path, subject_id: str, image: torch.Tensor, segmentation:
                 out / f"{subject_id}_uncertainty.png")
 
 
+SAMPLING_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _load_for_sampling(run_dir, device: torch.device, precision: str):
+    if precision not in SAMPLING_DTYPES:
+        raise BrainkernelsError(f"--precision must be one of {', '.join(SAMPLING_DTYPES)}; got {precision!r}")
+    model, settings = load_trained(run_dir, device)
+    return model.to(SAMPLING_DTYPES[precision]), settings
+
+
 def segment(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.PathLike, *, steps: int = 20,
-            ensemble: int = 5, seed: int = 0, device: str = "auto", quiet: bool = False) -> list[Path]:
+            ensemble: int = 5, seed: int = 0, precision: str = "fp32", device: str = "auto",
+            quiet: bool = False) -> list[Path]:
     """Segment every subject under ``inputs``; writes ``<id>_mask``, ``_probability`` and
     ``_variance`` NIfTI files (the input's affine) and PNGs to ``out``. Returns the mask paths."""
     distributed = setup(device)
     try:
-        model, settings = load_trained(run_dir, distributed.device)
+        model, settings = _load_for_sampling(run_dir, distributed.device, precision)
         subjects = input_subjects(inputs)
         out = Path(out)
 
@@ -91,8 +102,8 @@ def segment(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os
             return out / f"{subject.subject_id}_mask.nii.gz"
 
         return run_cohort(subjects, one, distributed, description="segmentation", quiet=quiet,
-                          sizes=f"mode={settings.mode}", advice="Use --precision bf16 when training, or a GPU "
-                          "with more memory; sampling needs the whole volume at once.")
+                          sizes=f"mode={settings.mode}", advice="Use --precision bf16 (about half the memory) or a "
+                          "GPU with more memory; sampling needs the whole volume at once.")
     finally:
         teardown()
 
@@ -134,8 +145,8 @@ def _plot(summary: list[dict], title: str) -> plt.Figure:
 
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
-             steps: list[int] = (20,), ensemble: list[int] = (1, 3, 5), seed: int = 0, device: str = "auto",
-             quiet: bool = False) -> list[dict]:
+             steps: list[int] = (20,), ensemble: list[int] = (1, 3, 5), seed: int = 0, precision: str = "fp32",
+             device: str = "auto", quiet: bool = False) -> list[dict]:
     """Dice and HD95 on the run's test subjects of the cohort at ``data``, for every number of
     sampling steps and ensemble size; writes ``scores.csv`` (per subject), ``summary.csv``,
     ``dice_vs_ensemble.png`` and the figures of each subject to ``out`` (default RUN/evaluation).
@@ -144,7 +155,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
         raise BrainkernelsError(f"--ensemble sizes must be at least 1 and --steps non-empty; got {ensemble}, {steps}")
     distributed = setup(device)
     try:
-        model, settings = load_trained(run_dir, distributed.device)
+        model, settings = _load_for_sampling(run_dir, distributed.device, precision)
         _, _, test = split_subjects(read_brats(data), settings.split_seed)
         if not test:
             raise BrainkernelsError(f"{data}: the cohort is too small to have test subjects")

@@ -34,7 +34,8 @@ class Segmentation:
 
 def sample_members(model: DiffusionUNet, settings: PatchDDMConfig, prepared: PreparedSubject, *, steps: int,
                    ensemble: int, seed: int = 0, on_step=None) -> Segmentation:
-    """``ensemble`` DDIM samples with ``steps`` steps each, member k from noise seeded ``seed + k``."""
+    """``ensemble`` DDIM samples with ``steps`` steps each, member k from noise seeded ``seed + k``.
+    The network runs in its parameters' dtype (``model.bfloat16()`` halves the sampling memory)."""
     if ensemble < 1:
         raise BrainkernelsError(f"--ensemble must be at least 1; got {ensemble}")
     diffusion = Diffusion(settings.diffusion_steps)
@@ -43,13 +44,14 @@ def sample_members(model: DiffusionUNet, settings: PatchDDMConfig, prepared: Pre
     condition = network_input(prepared.image, settings.mode)[None].to(parameter.device, parameter.dtype)
 
     def predict_noise(x: Tensor, t: Tensor) -> Tensor:
-        return model(torch.cat([x, condition], dim=1), t)
+        # the network may run in 16 bits; the DDIM updates stay in float32
+        return model(torch.cat([x.to(condition.dtype), condition], dim=1), t)
 
     members = []
     with torch.no_grad():
         for member in range(ensemble):
             generator = torch.Generator().manual_seed(seed + member)
-            noise = torch.randn((1, 1, *condition.shape[2:]), generator=generator).to(condition)
+            noise = torch.randn((1, 1, *condition.shape[2:]), generator=generator).to(condition.device)
             probability = signal_to_probability(diffusion.ddim_sample(predict_noise, noise, steps, on_step))
             if settings.mode == "half":
                 probability = F.interpolate(probability, scale_factor=2, mode="trilinear", align_corners=False)
