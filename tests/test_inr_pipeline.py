@@ -116,6 +116,11 @@ def test_scan_on_another_grid_is_refused(run_3d, tmp_path):
         predict(run_3d[0], other, 30.0, [40.0], tmp_path / "out.nii.gz", fit_steps=1, quiet=True)
 
 
+def test_several_ages_need_an_output_folder(cohort, run_3d, tmp_path):
+    with pytest.raises(BrainkernelsError, match="several ages are written to a folder"):
+        predict(run_3d[0], first_scan(cohort), 30.0, [35.0, 40.0], tmp_path / "out.nii.gz", quiet=True)
+
+
 def test_checkpoint_with_a_latent_table_of_the_wrong_size(run_3d, tmp_path):
     run = shutil.copytree(run_3d[0], tmp_path / "run")
     (checkpoint,) = (run / "checkpoints").iterdir()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainkernels.data.volume import Volume, load_nifti, save_nifti
+from brainkernels.data.volume import Volume, is_nifti, load_nifti, save_nifti
+from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import prepare_input
 from brainkernels.inr.figures import sequence_montage
 from brainkernels.inr.infer import FIT_STEPS, atlas_latents, decode_sequence, fit_latent
@@ -30,6 +31,9 @@ def predict(run_dir: str | os.PathLike, scan_path: str | os.PathLike, age_in: fl
     ``out`` ending in .nii/.nii.gz with one output age: that file, and ``<stem>_reconstruction``
     beside it. Otherwise a folder: ``<age>w.nii.gz`` per age, ``reconstruction.nii.gz`` and
     ``sequence.png``. Returns the paths written."""
+    out = Path(out)
+    if is_nifti(out) and len(ages_out) > 1:
+        raise BrainkernelsError(f"{out}: several ages are written to a folder; give a folder name, not a NIfTI name")
     distributed = setup(device)
     try:
         trained = load_trained(run_dir, distributed.device)
@@ -39,8 +43,7 @@ def predict(run_dir: str | os.PathLike, scan_path: str | os.PathLike, age_in: fl
         images = decode_sequence(trained.model, latent, [age_in, *ages_out], trained.grid.model_shape)
     finally:
         teardown()
-    out = Path(out)
-    if str(out).endswith((".nii", ".nii.gz")) and len(ages_out) == 1:
+    if is_nifti(out):
         stem = out.name.removesuffix(".gz").removesuffix(".nii")
         targets = [out.with_name(f"{stem}_reconstruction.nii.gz"), out]
     else:
