@@ -16,7 +16,7 @@ from brainkernels.cli import main
 from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.errors import BrainkernelsError
-from brainkernels.inr.evaluate import evaluate
+from brainkernels.inr.evaluate import ablation, evaluate
 from brainkernels.inr.predict import atlas, predict
 from brainkernels.inr.train import INRConfig, load_trained, train
 
@@ -102,6 +102,18 @@ def test_python_api_3d(cohort, run_3d, tmp_path):
     assert image.shape == (SHAPE,) * 3
     np.testing.assert_allclose(image.affine, nib.as_closest_canonical(nib.load(scan)).affine, atol=1e-5)
     assert np.isfinite(image.get_fdata()).all()
+
+
+def test_ablation_trains_and_tables_the_four_variants(cohort, tmp_path):
+    results = ablation(cohort, tmp_path, INRConfig(dims=2, steps=1, sgla=0.5, **TINY), fit_steps=1, quiet=True)
+    assert list(results) == ["none", "sgla", "ssl", "both"]
+    assert load_trained(tmp_path / "sgla").settings.sgla == 0.5 and not load_trained(tmp_path / "sgla").settings.ssl
+    assert load_trained(tmp_path / "ssl").settings.sgla == 0.0
+    # Without SSL the table holds a latent per scan, with SSL one per subject.
+    assert len(load_trained(tmp_path / "none").keys) > len(load_trained(tmp_path / "both").keys)
+    table = (tmp_path / "ablation.csv").read_text().splitlines()
+    assert table[0].startswith("variant,ssl,sgla,psnr") and len(table) == 5
+    assert (tmp_path / "head_circumference.png").is_file()
 
 
 def test_ages_outside_the_trained_range_warn(cohort, run_3d, tmp_path):
