@@ -16,7 +16,7 @@ from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.errors import BrainkernelsError
 from brainkernels.metrics.segmentation import dice, hausdorff95
 from brainkernels.patchddm.data import TrainingSamples, coordinate_channels, pad_to_multiple
-from brainkernels.patchddm.diffusion import Diffusion, mask_to_signal, signal_to_probability
+from brainkernels.patchddm.diffusion import Diffusion, signal_to_probability
 from brainkernels.patchddm.evaluate import evaluate, segment
 from brainkernels.patchddm.train import PatchDDMConfig, load_trained, split_subjects, train
 
@@ -37,7 +37,7 @@ def brainkernels(*argv, cwd):
 
 def test_ddim_with_the_true_noise_recovers_the_mask():
     diffusion = Diffusion()
-    x0 = mask_to_signal((torch.rand(1, 1, 4, 4, 4) > 0.5).float())
+    x0 = (torch.rand(1, 1, 4, 4, 4) > 0.5).float()
     noise = torch.randn_like(x0)
     x_start = diffusion.add_noise(x0, torch.tensor([999]), noise)
 
@@ -65,7 +65,7 @@ def test_noising_reaches_pure_noise_and_probabilities_map_back():
     noised = diffusion.add_noise(x0, torch.tensor([999]), torch.randn_like(x0))
     assert abs(noised.mean()) < 0.02 and abs(noised.std() - 1) < 0.02
     assert torch.equal(signal_to_probability(torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.0])),
-                       torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+                       torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0]))
 
 
 def test_padding_to_a_multiple_crops_back_exactly():

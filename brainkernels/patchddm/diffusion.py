@@ -1,8 +1,11 @@
 """The diffusion process of PatchDDM: linear beta schedule, epsilon-prediction MSE training and
 deterministic DDIM sampling with respacing (Ho et al. 2020; Song et al. 2021; thesis eq. 5.15).
 
-Segmentation masks live in [-1, 1] during diffusion (``2 * mask - 1``); a sample maps back to a
-probability with ``(x_0 + 1) / 2`` clipped to [0, 1].
+The diffused signal is the segmentation mask itself, 0 (background) or 1 (tumour), as in the
+paper's code; predictions of x_0 are clipped to [-1, 1] during sampling (guided diffusion's
+``clip_denoised``), and a sample maps to a probability by clipping to [0, 1]. With 0 as the
+background, a network that cannot yet tell anything from the MR sequences at high noise levels
+falls back to "background", not to a grey 0.5 that a [-1, 1] encoding would give.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class Diffusion:
     def ddim_sample(self, predict_noise: Callable[[Tensor, Tensor], Tensor], noise: Tensor, sampling_steps: int,
                     on_step: Callable[[], None] | None = None) -> Tensor:
         """Deterministic DDIM from ``noise`` = x_T; ``predict_noise(x_t, t)`` is the network with its
-        condition. The predicted x_0 is clipped to [-1, 1] at every step (masks live there)."""
+        condition. The predicted x_0 is clipped to [-1, 1] at every step."""
         x = noise
         timesteps = self.respaced(sampling_steps)
         for index, step in enumerate(timesteps):
@@ -69,9 +72,5 @@ class Diffusion:
         return x
 
 
-def mask_to_signal(mask: Tensor) -> Tensor:
-    return mask * 2 - 1
-
-
 def signal_to_probability(x0: Tensor) -> Tensor:
-    return ((x0 + 1) / 2).clamp(0, 1)
+    return x0.clamp(0, 1)

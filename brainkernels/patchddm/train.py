@@ -14,7 +14,7 @@ from brainkernels.data.layouts.brats import read_brats
 from brainkernels.data.layouts.splits import split_by_subject
 from brainkernels.errors import BrainkernelsError
 from brainkernels.patchddm.data import MODES, Mode, TrainingSamples
-from brainkernels.patchddm.diffusion import Diffusion, mask_to_signal
+from brainkernels.patchddm.diffusion import Diffusion
 from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, DiffusionUNet
 from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, checkpoint, config, setup, teardown
 
@@ -76,7 +76,7 @@ def noise_prediction_loss(diffusion: Diffusion):
     """The epsilon-prediction MSE of a batch at uniformly drawn timesteps."""
 
     def loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        x0 = mask_to_signal(batch["mask"])
+        x0 = batch["mask"]
         t = diffusion.sample_timesteps(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         predicted = model(torch.cat([diffusion.add_noise(x0, t, noise), batch["condition"]], dim=1), t)
