@@ -4,7 +4,6 @@ than per scan) and SGLA (with probability ``sgla`` a step uses the global latent
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ from brainkernels.data.volume import load_nifti
 from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import ModelGrid, SampledVoxels
 from brainkernels.inr.model import AutoDecoder
-from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, checkpoint, config, setup, teardown
+from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, setup, teardown
+from brainkernels.runtime.trained import load_trained_run
 
 METHOD = "inr"
 ARCHITECTURE_KEYS = ("dims", "ssl", "latent_size", "width", "depth", "activation")
@@ -153,23 +153,14 @@ class TrainedINR:
 
 def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> TrainedINR:
     """The auto-decoder of an INR run folder (its latest checkpoint), with what describes it."""
-    run = RunFolder(run_dir)
-    if not run.config.is_file():
-        raise BrainkernelsError(f"{run.root}: not a run folder (no config.toml)")
-    try:
-        settings = config.load_config(INRConfig, run.config)
-    except BrainkernelsError as error:
-        raise BrainkernelsError(f"{run.root}: not an INR run ({error})") from None
+    trained = load_trained_run(run_dir, INRConfig, method=METHOD, architecture_keys=ARCHITECTURE_KEYS,
+                               label="an INR run")
+    run, settings, latest, state = trained.run, trained.settings, trained.checkpoint, trained.model_state
     grid = ModelGrid.load(run.root)
     latents_path = run.root / LATENTS_FILE
     if not latents_path.is_file():
         raise BrainkernelsError(f"{latents_path}: no such file; {run.root} is not a finished INR run")
     keys = tuple(json.loads(latents_path.read_text()))
-    latest = checkpoint.latest_checkpoint(run.checkpoints)
-    if latest is None:
-        raise BrainkernelsError(f"{run.root}: the run has no checkpoint yet")
-    state = checkpoint.load_checkpoint(latest, method=METHOD, config=config.to_dict(settings),
-                                       architecture_keys=ARCHITECTURE_KEYS)["model"]
     model = build_model(settings, len(keys))
     expected = tuple(model.latents.weight.shape)
     found = tuple(state.get("latents.weight", torch.empty(0)).shape)
@@ -180,4 +171,4 @@ def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu")
     model.load_state_dict(state)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return TrainedINR(model.to(device).eval(), dataclasses.replace(settings), grid, keys)
+    return TrainedINR(model.to(device).eval(), settings, grid, keys)

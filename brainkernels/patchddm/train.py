@@ -16,7 +16,8 @@ from brainkernels.errors import BrainkernelsError
 from brainkernels.patchddm.data import MODES, Mode, TrainingSamples
 from brainkernels.patchddm.diffusion import Diffusion
 from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, DiffusionUNet
-from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, checkpoint, config, setup, teardown
+from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, setup, teardown
+from brainkernels.runtime.trained import load_trained_run
 
 METHOD = "patchddm"
 ARCHITECTURE_KEYS = ("mode", "channels", "channel_mult", "blocks", "diffusion_steps")
@@ -114,18 +115,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: PatchDDMCon
 
 def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[DiffusionUNet, PatchDDMConfig]:
     """The model of a PatchDDM run folder (its latest checkpoint) and the run's configuration."""
-    run = RunFolder(run_dir)
-    if not run.config.is_file():
-        raise BrainkernelsError(f"{run.root}: not a run folder (no config.toml)")
-    try:
-        settings = config.load_config(PatchDDMConfig, run.config)
-    except BrainkernelsError as error:
-        raise BrainkernelsError(f"{run.root}: not a PatchDDM run ({error})") from None
-    latest = checkpoint.latest_checkpoint(run.checkpoints)
-    if latest is None:
-        raise BrainkernelsError(f"{run.root}: the run has no checkpoint yet")
-    state = checkpoint.load_checkpoint(latest, method=METHOD, config=config.to_dict(settings),
-                                       architecture_keys=ARCHITECTURE_KEYS)
-    model = build_model(settings)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), settings
+    trained = load_trained_run(run_dir, PatchDDMConfig, method=METHOD, architecture_keys=ARCHITECTURE_KEYS,
+                               label="a PatchDDM run")
+    model = build_model(trained.settings)
+    model.load_state_dict(trained.model_state)
+    return model.to(device).eval(), trained.settings

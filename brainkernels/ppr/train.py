@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from brainkernels.ppr.autoencoder import AutoEncoder
 from brainkernels.ppr.data import PositionPatches, WholeVolumes, prepare_cohort
 from brainkernels.ppr.model import PPRNet
 from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, setup, teardown
+from brainkernels.runtime.trained import load_trained_run
 
 METHOD = "ppr"
 ARCHITECTURE_KEYS = ("model", "m", "patch")
@@ -98,20 +98,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: PPRConfig, 
 
 def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, PPRConfig]:
     """The model of a PPR run folder (its latest checkpoint) and the run's configuration."""
-    from brainkernels.runtime import checkpoint
-
-    run = RunFolder(run_dir)
-    if not run.config.is_file():
-        raise BrainkernelsError(f"{run.root}: not a run folder (no config.toml)")
-    try:
-        settings = config.load_config(PPRConfig, run.config)
-    except BrainkernelsError as error:
-        raise BrainkernelsError(f"{run.root}: not a PPR run ({error})") from None
-    latest = checkpoint.latest_checkpoint(run.checkpoints)
-    if latest is None:
-        raise BrainkernelsError(f"{run.root}: the run has no checkpoint yet")
-    state = checkpoint.load_checkpoint(latest, method=METHOD, config=config.to_dict(settings),
-                                       architecture_keys=ARCHITECTURE_KEYS)
-    model = build_model(settings)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), dataclasses.replace(settings)
+    trained = load_trained_run(run_dir, PPRConfig, method=METHOD, architecture_keys=ARCHITECTURE_KEYS,
+                               label="a PPR run")
+    model = build_model(trained.settings)
+    model.load_state_dict(trained.model_state)
+    return model.to(device).eval(), trained.settings
