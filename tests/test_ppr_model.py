@@ -77,6 +77,13 @@ def test_dense_memory_does_not_grow_with_the_volume_beyond_its_output():
     assert extra[64] == extra[128] > 0
 
 
+def test_untrained_network_predicts_near_the_volume_centre():
+    # Untrained spectral-normalised layers give tiny outputs, so the output bias is the prediction.
+    torch.manual_seed(0)
+    predicted = PPRNet(m=2, patch=19)(torch.rand(4, 1, 19, 19, 19))
+    torch.testing.assert_close(predicted, torch.full_like(predicted, 0.5), atol=0.1, rtol=0)
+
+
 @pytest.mark.parametrize("patch", [MIN_PATCH - 1, MAX_PATCH + 1])
 def test_patch_size_out_of_range(patch):
     with pytest.raises(ValueError, match=f"patch must be between {MIN_PATCH} and {MAX_PATCH}"):
