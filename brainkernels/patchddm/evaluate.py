@@ -56,7 +56,7 @@ def write_figures(out: Path, subject_id: str, image: torch.Tensor, segmentation:
     contours = mask.long() if truth is None else mask.long() + 2 * (truth > 0.5).long() * (1 - mask.long())
     members = segmentation.members.shape[0]
     save_figure(orthogonal_slices(image[FIGURE_CHANNEL], point=point, overlay=mean, contours=contours,
-                                  overlay_label="tumour probability", overlay_range=(0.05, 1.0),
+                                  overlay_label="tumour probability", overlay_range=(0.2, 1.0),
                                   title=f"{subject_id}: mean of {members} member(s)"
                                         + (" (orange: mask outline, green: tumour the mask missed)" if truth is not None else "")),
                 out / f"{subject_id}_segmentation.png")
