@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import brainkernels.data.synth.dhcp as synth_dhcp
 from brainkernels.cli import main
 from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
 from brainkernels.data.synth.cohort import write_cohort
@@ -29,9 +28,7 @@ def cohort(tmp_path_factory):
     """Eight subjects, most scanned twice or three times (the dHCP's one in ten would leave
     none with two sessions in so few)."""
     root = tmp_path_factory.mktemp("dhcp")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(synth_dhcp, "REPEAT_PROBABILITY", 0.8)
-        write_cohort("dhcp", root, subjects=8, shape=SHAPE, seed=2)
+    write_cohort("dhcp", root, subjects=8, shape=SHAPE, seed=2, rescanned=0.8)
     return root
 
 

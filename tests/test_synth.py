@@ -453,6 +453,15 @@ def test_dhcp_sessions_are_mostly_single_and_span_26_to_45_weeks():
     assert all(r["sessions"][0]["scan_age"] > r["birth_age"] for r in records)
 
 
+def test_dhcp_share_of_rescanned_babies_can_be_raised(tmp_path):
+    records = dhcp.plan(400, seed=0, rescanned=0.6)
+    assert 0.4 < np.mean([len(r["sessions"]) > 1 for r in records]) < 0.6  # babies scanned late stay single
+    with pytest.raises(ValueError, match="dhcp cohorts only"):
+        write_cohort("brats", tmp_path / "b", subjects=1, shape=16, rescanned=0.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        write_cohort("dhcp", tmp_path / "d", subjects=1, shape=16, rescanned=1.5)
+
+
 def test_layout_readers_accept_the_synthetic_cohorts(cq500_root, brats_root, dhcp_root):
     layouts = pytest.importorskip("brainkernels.data.layouts")
     cohort = layouts.read_cq500(cq500_root)

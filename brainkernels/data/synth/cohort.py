@@ -49,13 +49,16 @@ def write_cohort(
     seed: int = 0,
     overwrite: bool = False,
     progress: Callable[[Iterable[dict]], Iterable[dict]] | None = None,
+    rescanned: float | None = None,
 ) -> Path:
     """Write a cohort of ``subjects`` subjects of ``kind`` (cq500, brats, dhcp) on a ``shape``^3
     grid into the folder ``out``, reproducibly from ``seed``; return the path of its cohort.json.
 
     A non-empty ``out`` is refused unless ``overwrite``, which first removes what any synthetic
     cohort consists of (other files stay). ``progress`` wraps the loop over subjects (a progress
-    bar). cohort.json is written last: a folder with it holds a complete cohort.
+    bar). cohort.json is written last: a folder with it holds a complete cohort. ``rescanned``
+    (dhcp only, default 0.1 as in the dHCP): the share of babies scanned more than once; the INR's
+    evaluation and its SSL need such longitudinal subjects.
     """
     if kind not in LAYOUTS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
@@ -65,11 +68,18 @@ def write_cohort(
         raise ValueError(f"shape must be an integer of at least 16 voxels per side; got {shape!r}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    options = {}
+    if rescanned is not None:
+        if kind != "dhcp":
+            raise ValueError(f"rescanned applies to dhcp cohorts only, not {kind}")
+        if not 0 <= rescanned <= 1:
+            raise ValueError(f"rescanned must be a share between 0 and 1; got {rescanned!r}")
+        options["rescanned"] = float(rescanned)
     layout = LAYOUTS[kind]
     root = Path(out)
     _prepare_folder(root, overwrite)
 
-    records = layout.plan(subjects, seed)
+    records = layout.plan(subjects, seed, **options)
     for record in progress(records) if progress is not None else records:
         layout.write_subject(root, record, shape)
     layout.write_tables(root, records, shape)

@@ -37,6 +37,10 @@ def register_command(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--overwrite", action="store_true",
                             help="replace a synthetic cohort already in --out (other files stay)")
         parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+        if kind == "dhcp":
+            parser.add_argument("--rescanned", type=_share("--rescanned"), default=None,
+                                help="share of babies scanned more than once (default 0.1, as in the dHCP; "
+                                     "the INR's evaluation needs longitudinal subjects)")
         parser.set_defaults(run=run_synth)
 
 
@@ -53,6 +57,7 @@ def run_synth(arguments: argparse.Namespace) -> int:
         cohort = write_cohort(
             arguments.kind, arguments.out, subjects=arguments.subjects, shape=arguments.shape,
             seed=arguments.seed, overwrite=arguments.overwrite, progress=progress,
+            rescanned=getattr(arguments, "rescanned", None),
         )  # fmt: skip
     except FileExistsError:
         raise BrainkernelsError(
@@ -75,6 +80,19 @@ def _at_least(minimum: int, option: str):
             raise argparse.ArgumentTypeError(f"{option} must be an integer; got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{option} must be at least {minimum}; got {value}")
+        return value
+
+    return parse
+
+
+def _share(option: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be a number; got {text!r}") from None
+        if not 0 <= value <= 1:
+            raise argparse.ArgumentTypeError(f"{option} must be between 0 and 1; got {value}")
         return value
 
     return parse

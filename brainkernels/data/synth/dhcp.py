@@ -17,16 +17,16 @@ from brainkernels.data.synth.subject import Subject, draw_subject
 from brainkernels.data.synth.writing import CohortLayout, random_stream, write_table
 from brainkernels.data.volume import save_nifti
 
-REPEAT_PROBABILITY = 0.1
+RESCANNED = 0.1  # share of babies scanned more than once, about as in the dHCP release
 _SUBJECT = 0
 
 
-def plan(subjects: int, seed: int) -> list[dict]:
+def plan(subjects: int, seed: int, rescanned: float = RESCANNED) -> list[dict]:
     records = []
     for index in range(subjects):
         rng = random_stream(seed, _SUBJECT, index)
         subject = draw_subject(int(rng.integers(2**31)))
-        birth_age, ages = _draw_ages(rng)
+        birth_age, ages = _draw_ages(rng, rescanned)
         records.append({
             "name": f"SYN{index + 1:03d}",
             "identity": subject.to_dict(),
@@ -60,7 +60,7 @@ def write_tables(root: Path, records: list[dict], shape: int) -> None:
         write_table(path, ("session_id", "scan_age"), sessions, delimiter="\t")
 
 
-def _draw_ages(rng: np.random.Generator) -> tuple[float, list[float]]:
+def _draw_ages(rng: np.random.Generator, rescanned: float) -> tuple[float, list[float]]:
     """Birth age and the sorted scan ages (weeks, two decimals as in the dHCP tables)."""
     low, high = AGE_RANGE_WEEKS
     preterm = rng.random() < 0.25
@@ -69,7 +69,7 @@ def _draw_ages(rng: np.random.Generator) -> tuple[float, list[float]]:
     if preterm and rng.random() < 0.5:
         first = rng.uniform(max(first, 38.0), 44.0)  # scanned once, at term-equivalent age
     ages = [first]
-    if rng.random() < REPEAT_PROBABILITY and first < high - 2:
+    if rng.random() < rescanned and first < high - 2:
         ages += sorted(rng.uniform(first + 1.0, high, int(rng.integers(1, 3))).tolist())
     return round(float(birth), 2), [round(float(min(age, high)), 2) for age in ages]
 

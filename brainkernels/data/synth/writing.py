@@ -24,7 +24,7 @@ class CohortLayout:
 
     kind: str
     fov_mm: float
-    plan: Callable[[int, int], list[dict]]
+    plan: Callable[..., list[dict]]
     write_subject: Callable[[Path, dict, int], None]
     write_tables: Callable[[Path, list[dict], int], None]
     entries: tuple[str, ...]
