@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from brainkernels.runtime import config
+from brainkernels.runtime.command import add_train_verb
 
 
 def _ages(text: str) -> list[float]:
@@ -15,15 +16,6 @@ def _ages(text: str) -> list[float]:
     if not ages:
         raise argparse.ArgumentTypeError("give at least one age in weeks")
     return ages
-
-
-def _train(arguments: argparse.Namespace) -> int:
-    from brainkernels.inr.train import INRConfig, train
-
-    settings = config.config_from_arguments(INRConfig, arguments)
-    run = train(arguments.data, arguments.out, settings, resume=arguments.resume, quiet=arguments.quiet)
-    print(f"trained the INR ({settings.dims}D, ssl={settings.ssl}, sgla={settings.sgla}); run folder: {run}")
-    return 0
 
 
 def _predict(arguments: argparse.Namespace) -> int:
@@ -82,22 +74,19 @@ def _inference_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register_command(commands) -> None:
-    from brainkernels.inr.train import INRConfig
+    from brainkernels.inr.train import INRConfig, train
 
     inr = commands.add_parser("inr", help="INR auto-decoder: neonatal brain development across age",
                               description="Implicit neural representation of neonatal brain development "
                               "(Bieder et al., PRIME 2024) on the fused coordinate MLP.")
     verbs = inr.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    train = verbs.add_parser("train", help="train on a dHCP-layout cohort",
-                             description="Train the network and one latent per subject (SSL) or scan, holding "
-                             "out a fifth of the subjects with two sessions for evaluation.")
-    train.add_argument("--data", required=True, help="dHCP/BIDS folder (participants.tsv, sub-*/)")
-    train.add_argument("--out", required=True, metavar="RUN", help="run folder")
-    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
-    config.add_arguments(train, INRConfig)
-    train.set_defaults(run=_train)
+    add_train_verb(verbs, INRConfig, train, help="train on a dHCP-layout cohort",
+                   description="Train the network and one latent per subject (SSL) or scan, holding out a fifth "
+                   "of the subjects with two sessions for evaluation.",
+                   data_help="dHCP/BIDS folder (participants.tsv, sub-*/)",
+                   summary=lambda settings, run: f"trained the INR ({settings.dims}D, ssl={settings.ssl}, "
+                                                 f"sgla={settings.sgla}); run folder: {run}")
 
     predict = verbs.add_parser("predict", help="predict a scan at other ages",
                                description="Fit a latent to a scan and write it at other ages (with the input's "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from brainkernels.runtime import config
+from brainkernels.runtime.command import add_train_verb
 
 
 def _int_list(text: str) -> list[int]:
@@ -15,15 +15,6 @@ def _int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected integers of at least 1, got {text!r}")
     return values
-
-
-def _train(arguments: argparse.Namespace) -> int:
-    from brainkernels.patchddm.train import PatchDDMConfig, train
-
-    settings = config.config_from_arguments(PatchDDMConfig, arguments)
-    run = train(arguments.data, arguments.out, settings, resume=arguments.resume, quiet=arguments.quiet)
-    print(f"trained PatchDDM ({settings.mode} mode); run folder: {run}")
-    return 0
 
 
 def _segment(arguments: argparse.Namespace) -> int:
@@ -69,16 +60,12 @@ def register_command(commands) -> None:
                                                "coordinate-encoded patches, sampled on the whole volume.")
     verbs = patchddm.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    train = verbs.add_parser("train", help="train on the training split of a BraTS-layout cohort",
-                             description="Train PatchDDM (--mode patch) or the FullRes / HalfRes baselines.")
-    train.add_argument("--data", required=True, help="BraTS-layout folder (one folder per subject)")
-    train.add_argument("--out", required=True, metavar="RUN", help="run folder")
-    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
-    from brainkernels.patchddm.train import PatchDDMConfig
+    from brainkernels.patchddm.train import PatchDDMConfig, train
 
-    config.add_arguments(train, PatchDDMConfig)
-    train.set_defaults(run=_train)
+    add_train_verb(verbs, PatchDDMConfig, train, help="train on the training split of a BraTS-layout cohort",
+                   description="Train PatchDDM (--mode patch) or the FullRes / HalfRes baselines.",
+                   data_help="BraTS-layout folder (one folder per subject)",
+                   summary=lambda settings, run: f"trained PatchDDM ({settings.mode} mode); run folder: {run}")
 
     segment = verbs.add_parser("segment", help="tumour masks with uncertainty (NIfTI + PNG)",
                                description="Sample an ensemble per subject: mask, mean probability, variance.")

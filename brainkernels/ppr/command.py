@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from brainkernels.runtime import config
-
-
-def _train(arguments: argparse.Namespace) -> int:
-    from brainkernels.ppr.train import PPRConfig, train
-
-    settings = config.config_from_arguments(PPRConfig, arguments)
-    run = train(arguments.data, arguments.out, settings, resume=arguments.resume, quiet=arguments.quiet)
-    print(f"trained {settings.model} (m={settings.m}); run folder: {run}")
-    return 0
+from brainkernels.runtime.command import add_train_verb
 
 
 def _detect(arguments: argparse.Namespace) -> int:
@@ -50,16 +41,12 @@ def register_command(commands) -> None:
                               description="Patch position regression (Bieder et al., MIDL 2022).")
     verbs = ppr.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    train = verbs.add_parser("train", help="train on the healthy scans of a CQ500-style cohort",
-                             description="Train PPR (or --model ae, the autoencoder baseline) on healthy scans.")
-    train.add_argument("--data", required=True, help="CQ500-style folder (reads.csv, scans/)")
-    train.add_argument("--out", required=True, metavar="RUN", help="run folder")
-    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
-    from brainkernels.ppr.train import PPRConfig
+    from brainkernels.ppr.train import PPRConfig, train
 
-    config.add_arguments(train, PPRConfig)
-    train.set_defaults(run=_train)
+    add_train_verb(verbs, PPRConfig, train, help="train on the healthy scans of a CQ500-style cohort",
+                   description="Train PPR (or --model ae, the autoencoder baseline) on healthy scans.",
+                   data_help="CQ500-style folder (reads.csv, scans/)",
+                   summary=lambda settings, run: f"trained {settings.model} (m={settings.m}); run folder: {run}")
 
     detect = verbs.add_parser("detect", help="anomaly maps (NIfTI + PNG) for scans",
                               description="Write an anomaly map per scan, with the scan's geometry, and a PNG.")
