@@ -100,6 +100,8 @@ def test_block_under_cpu_autocast_matches_float32():
         out = block(x)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block(x).dtype == torch.bfloat16  # inference too runs in the autocast dtype
     out.float().sum().backward()
     assert block.conv.weight.grad.dtype == torch.float32 and x.grad.shape == x.shape
 

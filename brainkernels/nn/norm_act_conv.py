@@ -56,11 +56,10 @@ class _NormActConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, skip, emb, norm_weight, norm_bias, conv_weight, conv_bias, num_groups, eps, padding):
-        dtype = _compute_dtype(x)
-        ctx.settings = (num_groups, eps, padding, dtype)
-        with torch.no_grad(), _without_autocast(x):
-            activation = _normalise(x, skip, emb, norm_weight, norm_bias, num_groups, eps)
-            out = _convolve(activation.to(dtype), conv_weight, conv_bias, padding)
+        ctx.settings = (num_groups, eps, padding, _compute_dtype(x))
+        with torch.no_grad():
+            out = _normalise_and_convolve(x, skip, emb, norm_weight, norm_bias, conv_weight, conv_bias, num_groups,
+                                          eps, padding)
         ctx.save_for_backward(x, skip, emb, norm_weight, norm_bias, conv_weight, conv_bias)
         return out
 
@@ -97,6 +96,15 @@ def _normalise(x, skip, emb, weight, bias, num_groups, eps) -> Tensor:
 def _convolve(activation: Tensor, weight: Tensor, bias: Optional[Tensor], padding: int) -> Tensor:
     dtype = activation.dtype
     return _CONVOLUTIONS[activation.dim() - 2](activation, _cast(weight, dtype), _cast(bias, dtype), padding=padding)
+
+
+def _normalise_and_convolve(x, skip, emb, norm_weight, norm_bias, conv_weight, conv_bias, num_groups, eps,
+                            padding) -> Tensor:
+    """The whole activation, then the convolution in the compute dtype (autocast's, if on)."""
+    dtype = _compute_dtype(x)
+    with _without_autocast(x):
+        activation = _normalise(x, skip, emb, norm_weight, norm_bias, num_groups, eps)
+        return _convolve(activation.to(dtype), conv_weight, conv_bias, padding)
 
 
 def _statistics_dtype(x: Tensor) -> torch.dtype:
@@ -175,9 +183,8 @@ def group_norm_silu_conv(x: Tensor, norm: nn.GroupNorm, conv: nn.Module, *, skip
         planes = max(1, SLAB_ELEMENTS // (x[:, :, 0].numel() or 1))
         if x.dim() == 5 and planes < x.shape[2]:
             return _slab_inference(x, skip, emb, norm, conv, planes)
-        with _without_autocast(x):
-            return _convolve(_normalise(x, skip, emb, norm.weight, norm.bias, norm.num_groups, norm.eps)
-                             .to(_compute_dtype(x)), conv.weight, conv.bias, conv.padding[0])
+        return _normalise_and_convolve(x, skip, emb, norm.weight, norm.bias, conv.weight, conv.bias, norm.num_groups,
+                                       norm.eps, conv.padding[0])
     return _NormActConv.apply(x, skip, emb, norm.weight, norm.bias, conv.weight, conv.bias, norm.num_groups, norm.eps,
                               conv.padding[0])
 
