@@ -28,24 +28,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainkernels.nn import CoordinateMLP, ReferenceCoordinateMLP
+from brainkernels.inr import footprint
+from brainkernels.inr.footprint import paper_pair
 from brainkernels.ops.coordinate_mlp import grid_coordinates
 
-PAPER = dict(dims=3, latent_size=128, width=128, depth=8, activation="wire", omega=10.0, scale=10.0, residual=True)
-VOLUME = (256, 256, 256)
-MICRO_BATCH = math.ceil(math.prod(VOLUME) * 0.01)
-
-
-def _pair(device: torch.device):
-    """The fused module and the reference with the same weights, and a small latent."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        fused = CoordinateMLP(**PAPER, device=device)
-        latent = 0.1 * torch.randn(128, device=device)
-    reference = ReferenceCoordinateMLP(**PAPER, device=device)
-    reference.load_state_dict(fused.state_dict())
-    return fused, reference, latent
-
+VOXELS = math.prod(footprint.VOLUME)
 
 def _record_rate(benchmark, voxels: int) -> None:
     if benchmark.stats is not None:
@@ -60,7 +47,7 @@ def _side(scale: str) -> int:
 def test_forward(compare, benchmark, device, scale, name):
     side = _side(scale)
     shape = (side, side, side)
-    fused, reference, latent = _pair(device)
+    fused, reference, latent = paper_pair(device)
     coords = grid_coordinates(shape, device=device)  # the reference's input, made outside the timing
     if name == "brainkernels":
         def run():
@@ -98,7 +85,7 @@ def test_forward_backward(compare, benchmark, device, scale, name, weights):
         pytest.skip("compiling the reference's backward takes most of a minute; --bench-scale full runs it")
     side = _side(scale)
     shape = (side, side, side)
-    fused, reference, latent = _pair(device)
+    fused, reference, latent = paper_pair(device)
     target = torch.rand(shape, generator=torch.Generator().manual_seed(1)).to(device)
     if name == "brainkernels":
         step = _training_step(fused, shape, latent, target, weights)
@@ -117,53 +104,17 @@ def _require_cpu_tracker(device: torch.device) -> None:
         pytest.skip("the meta-device memory groups run with --bench-device cpu (the storage tracker)")
 
 
-def _micro_batches(count: int) -> list[int]:
-    """Starts of the first, a middle and the last micro-batch (see the module doc)."""
-    last = (count - 1) // MICRO_BATCH * MICRO_BATCH
-    return sorted({0, last // 2 // MICRO_BATCH * MICRO_BATCH, last})
-
-
-@pytest.mark.parametrize("name", ["brainkernels", "reference (micro-batches of 1%)"])
+@pytest.mark.parametrize("name", [footprint.OURS, footprint.REFERENCE])
 def test_memory_of_a_256_cube_evaluation(compare, device, name):
     _require_cpu_tracker(device)
-    fused, reference, latent = _pair(torch.device("meta"))
-    count = math.prod(VOLUME)
-    if name == "brainkernels":
-        def run():
-            with torch.no_grad():
-                return fused(VOLUME, 0.5, latent)
-    else:
-        def run():
-            with torch.no_grad():
-                coords = grid_coordinates(VOLUME, device="meta")
-                out = torch.empty(count, device="meta")
-                for start in _micro_batches(count):
-                    out[start:start + MICRO_BATCH] = reference(coords[start:start + MICRO_BATCH], 0.5, latent)
-                return out.view(VOLUME)
-    compare("INR evaluate 256^3 (meta: peak bytes only)", name, run, baseline=name != "brainkernels",
-            memory_device="meta", output_bytes=4 * count, micro_batch_voxels=MICRO_BATCH)
+    compare("INR evaluate 256^3 (meta: peak bytes only)", name, footprint.evaluation(name),
+            baseline=name != footprint.OURS, memory_device="meta", output_bytes=4 * VOXELS,
+            micro_batch_voxels=footprint.MICRO_BATCH)
 
 
-@pytest.mark.parametrize("name", ["brainkernels", "reference (micro-batches of 1%)"])
+@pytest.mark.parametrize("name", [footprint.OURS, footprint.REFERENCE])
 def test_memory_of_a_256_cube_latent_fitting_step(compare, device, name):
     _require_cpu_tracker(device)
-    fused, reference, latent = _pair(torch.device("meta"))
-    target = torch.empty(VOLUME, device="meta")
-    count = math.prod(VOLUME)
-    if name == "brainkernels":
-        step = _training_step(fused, VOLUME, latent, target, weights=False)
-    else:
-        reference.requires_grad_(False)
-        latent = latent.clone().requires_grad_()
-        flat_target = target.flatten()
-
-        def step():  # accumulate the latent's gradient micro-batch by micro-batch
-            latent.grad = None
-            coords = grid_coordinates(VOLUME, device="meta")
-            for start in _micro_batches(count):
-                out = reference(coords[start:start + MICRO_BATCH], 0.5, latent)
-                loss = F.mse_loss(out, flat_target[start:start + MICRO_BATCH], reduction="sum") / count
-                loss.backward()
-    compare("INR latent-fitting step over 256^3 (meta: peak bytes only)", name, step,
-            baseline=name != "brainkernels", memory_device="meta", output_bytes=4 * count,
-            micro_batch_voxels=MICRO_BATCH)
+    compare("INR latent-fitting step over 256^3 (meta: peak bytes only)", name, footprint.latent_fitting_step(name),
+            baseline=name != footprint.OURS, memory_device="meta", output_bytes=4 * VOXELS,
+            micro_batch_voxels=footprint.MICRO_BATCH)

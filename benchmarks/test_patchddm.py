@@ -21,62 +21,35 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, DiffusionUNet
+from brainkernels.patchddm.footprint import CASES, MONAI, OURS, PAPER_GB, UNFUSED, build_unet, network_step
+from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT
 
-IN_CHANNELS = 8  # x_t, four MR sequences, three coordinates
 CPU_MULT = (1, 3, 4)
-MEMORY_CASES = {"training step, 128^3 patch": (128, True), "sampling step, 256^3": (256, False),
-                "FullRes training step, 256^3": (256, True)}
-PAPER_GB = {"training step, 128^3 patch": 10.6, "sampling step, 256^3": 24.0, "FullRes training step, 256^3": 78.5}
 _compiled = {}
 
 
-def _monai(channel_mult):
-    nets = pytest.importorskip("monai.networks.nets")
-    pytest.importorskip("einops")
-    channels = tuple(PAPER_CHANNELS * m for m in channel_mult)
-    return nets.DiffusionModelUNet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=1, channels=channels,
-                                   attention_levels=(False,) * len(channels), num_res_blocks=2,
-                                   norm_num_groups=PAPER_CHANNELS, num_head_channels=PAPER_CHANNELS)
-
-
 def _network(name: str, channel_mult):
-    if name == "brainkernels":
-        return DiffusionUNet(IN_CHANNELS, channel_mult=channel_mult)
     if name.startswith("(b)"):
-        return _monai(channel_mult)
-    unet = DiffusionUNet(IN_CHANNELS, channel_mult=channel_mult, fused=False)
+        pytest.importorskip("monai.networks.nets")
+        pytest.importorskip("einops")
+        return build_unet(MONAI, channel_mult)
     if name.startswith("(c)"):
         if "unet" not in _compiled:
-            _compiled["unet"] = torch.compile(unet)
+            _compiled["unet"] = torch.compile(build_unet(UNFUSED, channel_mult))
         return _compiled["unet"]
-    return unet
+    return build_unet(OURS if name == "brainkernels" else UNFUSED, channel_mult)
 
 
-def _step(network, side: int, train: bool, device, dtype):
-    shape = (1, IN_CHANNELS, side, side, side)
-    x = torch.empty(shape, dtype=dtype, device=device) if device.type == "meta" else \
-        torch.randn(shape, dtype=dtype).to(device)
-    t = torch.full((1,), 500, device=device)
-
-    def run():
-        if train:
-            network(x, t).float().square().mean().backward()
-            return None
-        with torch.no_grad():
-            return network(x, t)
-    return run
-
-
-@pytest.mark.parametrize("case", list(MEMORY_CASES))
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("name", ["brainkernels", "(a) unfused PyTorch", "(b) MONAI DiffusionModelUNet"])
 def test_memory_at_paper_scale(compare, device, case, name):
     if device.type != "cpu":
         pytest.skip("the meta-device memory groups run with --bench-device cpu (the storage tracker)")
-    side, train = MEMORY_CASES[case]
+    side, train = CASES[case]
     meta = torch.device("meta")
     network = _network(name, PAPER_CHANNEL_MULT).to(device=meta, dtype=torch.bfloat16)
-    compare(f"PatchDDM {case} (meta, bf16: peak bytes only)", name, _step(network, side, train, meta, torch.bfloat16),
+    step = network_step(network, side, train, meta, torch.bfloat16)
+    compare(f"PatchDDM {case} (meta, bf16: peak bytes only)", name, step,
             baseline=name != "brainkernels", memory_device="meta", paper_gb=PAPER_GB[case])
 
 
@@ -89,5 +62,5 @@ def test_time_on_a_small_volume(compare, device, scale, train, name):
     network = _network(name, CPU_MULT).to(device)
     label = "training step" if train else "sampling step"
     compare(f"PatchDDM {label}, {side}^3, channels 29 x {CPU_MULT}, float32", name,
-            _step(network, side, train, device, torch.float32), baseline=name != "brainkernels",
+            network_step(network, side, train, device, torch.float32), baseline=name != "brainkernels",
             measure_memory=not name.startswith("(c)") or device.type == "cuda")

@@ -8,6 +8,7 @@ import torch
 
 from brainkernels.memory import measure_peak
 from brainkernels.ppr.autoencoder import AutoEncoder
+from brainkernels.ppr.footprint import ae_training_step, ppr_training_step
 from brainkernels.ppr.infer import anomaly_map, predict_patchwise
 from brainkernels.ppr.model import PPRNet
 
@@ -30,20 +31,11 @@ def test_anomaly_map(compare, device, scale, m, mode):
                 extrapolate=PATCHWISE_STRIDE**3, m=m, side=side)
 
 
-def _ppr_step(model, patches, targets):
-    loss = torch.linalg.vector_norm(model(patches) - targets, dim=1).mean()
-    loss.backward()
-
-
-def _ae_step(model, volumes):
-    (model(volumes) - volumes).abs().mean().backward()
-
-
 def _paper_scale_peak(build, inputs) -> int:
     """Peak bytes of one training step at 256^3 / 256 patches of 31^3, on the meta device (exact)."""
     model = build().to("meta")
-    return measure_peak(lambda: (_ppr_step if isinstance(model, PPRNet) else _ae_step)(model, *inputs()),
-                        device="meta").peak_bytes
+    step = ppr_training_step if isinstance(model, PPRNet) else ae_training_step
+    return measure_peak(lambda: step(model, *inputs()), device="meta").peak_bytes
 
 
 @pytest.mark.parametrize("name", ["PPR m=16, 256 patches", "AE m=16, batch 4", "AE m=16, batch 1"])
@@ -70,7 +62,7 @@ def test_training_step_memory(compare, device, name):
         paper = _paper_scale_peak(build, lambda: inputs("meta", 256))
     model = build().to(device)
     arguments = inputs()
-    step = _ppr_step if name.startswith("PPR") else _ae_step
+    step = ppr_training_step if name.startswith("PPR") else ae_training_step
     # No ratio: the timed 64^3 run favours the AE; the comparison that matters is paper_scale_peak_bytes.
     compare("training step: timed at 64^3, peak also at 256^3 (meta)", name, lambda: step(model, *arguments),
             paper_scale_peak_bytes=paper)

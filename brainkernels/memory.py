@@ -65,7 +65,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["PeakMemory", "StorageTracker", "measure_peak", "format_bytes"]
+__all__ = ["Footprint", "PeakMemory", "StorageTracker", "measure_peak", "format_bytes"]
 
 CUDA_ALLOCATOR = "cuda-allocator"
 STORAGE_TRACKER = "storage-tracker"
@@ -336,3 +336,15 @@ def format_bytes(n: int) -> str:
         # 1048575 B would round to "1024.0 KiB"; say "1.0 MiB" instead.
         text, unit = "1.0", unit + 1
     return f"{sign}{text} {_UNITS[unit]}"
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """One row of a memory table: the peak bytes of one implementation (``variant``) of one
+    workload (``case``); ``paper_bytes`` is the figure the paper reports for that workload with its
+    own implementation, where it reports one."""
+
+    case: str
+    variant: str
+    peak_bytes: int
+    paper_bytes: int | None = None
