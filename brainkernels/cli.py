@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser.set_defaults(run=_info)
     from brainkernels.data.preprocess_command import register_command as register_preprocess
     from brainkernels.data.synth.command import register_command as register_synth
+    from brainkernels.demo.command import register_command as register_demo
     from brainkernels.inr.command import register_command as register_inr
     from brainkernels.patchddm.command import register_command as register_patchddm
     from brainkernels.ppr.command import register_command as register_ppr
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_ppr(commands)
     register_patchddm(commands)
     register_inr(commands)
+    register_demo(commands)
     return parser
 
 
