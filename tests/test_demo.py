@@ -1,0 +1,112 @@
+"""``brainkernels demo`` end to end at a tiny size: every method's section, the memory table and
+the wall times reach report.html (self-contained) and report.md; a failing method is reported
+without hiding the others; the output folder is never silently overwritten."""
+
+from __future__ import annotations
+
+import base64
+import re
+from html import unescape
+import subprocess
+import sys
+
+import pytest
+
+from brainkernels.demo import memory, run
+from brainkernels.demo.report import Section, to_html, to_markdown
+from brainkernels.demo.settings import QUICK, Cohort, DemoSettings
+from brainkernels.errors import BrainkernelsError
+from brainkernels.inr.train import INRConfig
+from brainkernels.memory import Footprint
+from brainkernels.patchddm.train import PatchDDMConfig
+from brainkernels.ppr.train import PPRConfig
+
+TINY = DemoSettings(
+    level="quick",
+    ct=Cohort(subjects=10, shape=32),
+    ppr=PPRConfig(m=1, patch=19, patches_per_step=8, steps=2, checkpoint_every=2),
+    mr=Cohort(subjects=10, shape=24),
+    patchddm=PatchDDMConfig(channels=4, channel_mult=(1, 2, 2), patch=12, steps=2, checkpoint_every=2),
+    sampling_steps=2, ensemble=(1, 2),
+    neonatal=Cohort(subjects=8, shape=16, rescanned=0.8),
+    inr=INRConfig(dims=2, width=16, depth=3, latent_size=8, batch_size=2, steps=2, checkpoint_every=2),
+    fit_steps=2, ages=(30.0, 40.0),
+)
+SECTIONS = ("What this is", "PPR: unsupervised anomaly detection", "PatchDDM: tumour segmentation",
+            "INR: neonatal brain development", "Memory at the papers' sizes", "Settings and wall time")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run.run_demo(out, TINY, device="cpu", quiet=True)
+
+
+def test_report_holds_every_section_figure_and_the_memory_table(demo):
+    out, report = demo
+    html = unescape(report.read_text())
+    markdown = (out / "report.md").read_text()
+    for title in SECTIONS:
+        assert title in html and f"## {title}" in markdown
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    # PPR: ROC + two maps; PatchDDM: curve, segmentation, uncertainty; INR: sequence, HC; memory chart.
+    assert len(links) == 9
+    for link in links:
+        assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == len(links) and all(base64.b64decode(image)[:4] == b"\x89PNG" for image in images)
+    assert "src=\"http" not in html and "file:" not in html  # self-contained
+    for row in ("AUROC", "Dice (mean ± std)", "PSNR dB", "MONAI DiffusionModelUNet", "FullRes training step, 256^3"):
+        assert row in markdown
+    assert "| PatchDDM training |" in markdown and "| total |" in markdown
+
+
+def test_memory_table_agrees_with_the_patchddm_budgets(demo):
+    out, _ = demo
+    rows = [line.split(" | ") for line in (out / "report.md").read_text().splitlines()
+            if line.startswith("| PatchDDM | sampling step, 256^3 | brainkernels")]
+    assert len(rows) == 1 and float(rows[0][3]) <= 6.0
+
+
+def test_existing_output_needs_overwrite(demo):
+    out, _ = demo
+    with pytest.raises(BrainkernelsError, match="not empty; give a new folder or --overwrite"):
+        run.run_demo(out, TINY, device="cpu", quiet=True)
+
+
+def test_a_failing_method_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    def broken(*_):
+        raise BrainkernelsError("cohort unreadable")
+
+    calls = []
+    monkeypatch.setattr(run, "METHODS", {"PPR": broken, "INR": lambda *_: calls.append("INR") or Section("INR")})
+    monkeypatch.setattr(memory, "measure", lambda stages: {"PPR": [Footprint("case", "ours", 10**9, 2 * 10**9),
+                                                                   Footprint("case", "peer", 3 * 10**9)]})
+    (tmp_path / "report.md").write_text("an earlier demo's report")
+    with pytest.raises(BrainkernelsError, match=r"failures \(PPR: cohort unreadable\)"):
+        run.run_demo(tmp_path, TINY, device="cpu", overwrite=True, quiet=True)
+    markdown = (tmp_path / "report.md").read_text()
+    assert calls == ["INR"] and "## PPR: failed" in markdown and "cohort unreadable" in markdown
+    assert "| PPR | case | peer | 3.00 | 3.0x |  |" in markdown
+
+
+def test_report_renderers_escape_and_quote_commands(tmp_path):
+    section = Section("A <title>")
+    section.text("run `brainkernels demo` & wait")
+    section.table(("a|b", "c"), [("1", "x|y")])
+    html = to_html("T", [section])
+    assert "A &lt;title&gt;" in html and "<code>brainkernels demo</code> &amp; wait" in html
+    assert "| 1 | x\\|y |" in to_markdown("T", [section], tmp_path)
+
+
+def test_quick_level_is_smaller_than_the_default():
+    from brainkernels.demo.settings import DEFAULT
+
+    for name in ("ppr", "patchddm", "inr"):
+        assert getattr(QUICK, name).steps < getattr(DEFAULT, name).steps
+
+
+def test_cli_help_names_the_levels():
+    result = subprocess.run([sys.executable, "-m", "brainkernels", "demo", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "--quick" in result.stdout and "report.html" in result.stdout
