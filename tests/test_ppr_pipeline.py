@@ -7,9 +7,13 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
+from brainkernels.data.preprocess import equalize_ct
 from brainkernels.data.synth.cohort import write_cohort
+from brainkernels.data.volume import load_nifti, save_nifti
 from brainkernels.errors import BrainkernelsError
+from brainkernels.ppr.data import prepare
 from brainkernels.ppr.evaluate import detect, evaluate
 from brainkernels.ppr.train import PPRConfig, load_trained, train
 
@@ -83,3 +87,11 @@ def test_bad_inputs_are_refused(cohort, tmp_path):
     (tmp_path / "other" / "config.toml").write_text("latent_size = 128\n")
     with pytest.raises(BrainkernelsError, match="not a PPR run"):
         load_trained(tmp_path / "other")
+
+
+def test_scans_equalised_by_preprocess_are_not_equalised_twice(cohort, tmp_path):
+    raw = sorted((cohort / "scans").glob("*.nii.gz"))[0]
+    equalised = save_nifti(equalize_ct(load_nifti(raw)), tmp_path / raw.name)
+    from_raw, from_equalised = prepare(raw), prepare(equalised)
+    assert torch.equal(from_raw.volume.data, from_equalised.volume.data)
+    assert torch.equal(from_raw.mask, from_equalised.mask)

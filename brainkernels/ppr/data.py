@@ -27,8 +27,11 @@ class PreparedScan:
 
 
 def prepare(path) -> PreparedScan:
-    """Load a CT in Hounsfield units and equalise it as in the paper."""
-    volume = equalize_ct(load_nifti(path))
+    """Load a CT in Hounsfield units and equalise it as in the paper; a scan already equalised
+    (values in [0, 1], as ``brainkernels preprocess --pipeline ct`` writes it) is used as it is."""
+    volume = load_nifti(path)
+    if volume.data.min() < 0 or volume.data.max() > 1:  # raw CT: air is about -1000 HU
+        volume = equalize_ct(volume)
     mask = foreground_mask(volume)
     if not mask.any():
         raise BrainkernelsError(f"{path}: the scan is all background")
