@@ -54,11 +54,12 @@ def _overview(settings: DemoSettings, device: torch.device) -> Section:
                  "qure.ai), BraTS 2020 (brain tumour MR) and the developing Human Connectome Project (dHCP, neonatal "
                  "MR). The same commands run on those data sets once downloaded (docs/data-layouts.md); the numbers "
                  "here are for the synthetic cohorts, not the papers' results.")
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     section.text(f"Level: {settings.level} (`brainkernels demo{' --quick' if settings.level == 'quick' else ''}`). "
                  + ("Small, briefly trained models: the figures show the pipelines, not the methods' accuracy; "
                     "`brainkernels demo` without --quick trains longer. " if settings.level == "quick" else "")
-                 + f"Device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}"
-                 f", {os.cpu_count()} CPU cores); brainkernels {brainkernels.__version__}, PyTorch {torch.__version__}.")
+                 + f"Device: {device} ({hardware}, {os.cpu_count()} CPU cores); brainkernels "
+                 f"{brainkernels.__version__}, PyTorch {torch.__version__}.")
     return section
 
 
