@@ -4,12 +4,15 @@ paper's configuration hold on the meta device (and meta agrees with real CPU ten
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brainkernels.memory import measure_peak
 from brainkernels.nn import GroupNormSiLUConv
 from brainkernels.nn import norm_act_conv
+from brainkernels.nn.norm_act_conv import group_norm_silu_conv
 from brainkernels.patchddm.unet import DiffusionUNet, timestep_embedding
 
 
@@ -76,6 +79,26 @@ def test_inference_in_slabs_and_in_one_go_equals_the_composition(monkeypatch, de
         block.fused = False
         reference = block(x, skip, emb)
     torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("affine", [dict(affine=False), dict(bias=False), dict()])
+def test_slab_inference_with_and_without_norm_parameters(monkeypatch, affine):
+    monkeypatch.setattr(norm_act_conv, "SLAB_ELEMENTS", 2 * 4 * 5 * 3 * 2)
+    norm, conv = nn.GroupNorm(2, 4, **affine), nn.Conv3d(4, 3, 3, padding=1)
+    if norm.weight is not None:
+        nn.init.normal_(norm.weight)
+    if norm.bias is not None:
+        nn.init.normal_(norm.bias)
+    x = torch.randn(2, 4, 6, 5, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(group_norm_silu_conv(x, norm, conv), conv(F.silu(norm(x))), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv", [nn.Conv3d(4, 3, 3, padding=1, stride=2), nn.Conv3d(4, 3, 3, padding=0),
+                                  nn.Conv3d(4, 4, 3, padding=1, groups=2), nn.Conv3d(4, 3, 3, padding=2, dilation=2)])
+def test_convolutions_that_change_the_size_are_refused(conv):
+    with pytest.raises(ValueError, match="conv must be a stride-1"):
+        group_norm_silu_conv(torch.randn(1, 4, 6, 6, 6), nn.GroupNorm(2, 4), conv)
 
 
 def test_block_in_bfloat16_is_as_accurate_as_the_composition_in_bfloat16():

@@ -148,8 +148,10 @@ def _slab_inference(x, skip, emb, norm: nn.GroupNorm, conv: nn.Conv3d, planes: i
     scale = rstd.repeat_interleave(group_size, dim=1)
     shift = -mean.repeat_interleave(group_size, dim=1) * scale
     if norm.weight is not None:
-        weight, bias = norm.weight.to(scale.dtype), norm.bias.to(scale.dtype)
-        scale, shift = scale * weight, shift * weight + bias
+        weight = norm.weight.to(scale.dtype)
+        scale, shift = scale * weight, shift * weight
+    if norm.bias is not None:
+        shift = shift + norm.bias.to(scale.dtype)
     scale, shift = scale.reshape(n, channels, 1, 1, 1), shift.reshape(n, channels, 1, 1, 1)
     dtype, halo = _compute_dtype(x), conv.padding[0]
     out = x.new_empty((n, conv.out_channels, *x.shape[2:]), dtype=dtype)
@@ -178,6 +180,9 @@ def group_norm_silu_conv(x: Tensor, norm: nn.GroupNorm, conv: nn.Module, *, skip
     """``conv(silu(norm((x + skip) / 2 + emb)))`` with the parameters of existing ``norm`` and
     ``conv`` modules (see :func:`is_same_size_convolution`), storing nothing but the inputs for
     backward, and in 3D inference never holding the whole activation."""
+    if not is_same_size_convolution(conv):
+        raise ValueError(f"conv must be a stride-1, undilated, ungrouped convolution with an odd cubic kernel and "
+                         f"'same' zero padding (the fused path keeps the input's size); got {conv}")
     tensors = (x, skip, emb, norm.weight, norm.bias, conv.weight, conv.bias)
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
         planes = max(1, SLAB_ELEMENTS // (x[:, :, 0].numel() or 1))
