@@ -29,8 +29,10 @@ What the tracker cannot see (by design, documented so nobody trusts it there):
 * memory an op allocates *inside* its implementation and frees before
   returning (workspace buffers, e.g. im2col columns of a native convolution).
   Only op outputs surface in ``__torch_dispatch__``.  The project's custom ops
-  allocate only their outputs, so for them the numbers are exact; for aten
-  ops they are a lower bound of what the real allocator does.
+  allocate little besides their outputs (per-thread scratch of the coordinate
+  MLP and partial sums of group_norm_silu, kilobytes to a few MB; a copy of a
+  non-contiguous input), so for them the numbers are close; for aten ops they
+  are a lower bound of what the real allocator does.
 * tensors created from Python data outside the dispatcher (``torch.tensor``,
   ``torch.from_numpy``, ``torch.load``): they reach the mode only as an
   argument of ``aten.lift_fresh``, i.e. as if they had existed before.
