@@ -76,5 +76,5 @@ def section(tables: dict[str, list[Footprint]], out: Path) -> Section:
     result.table(("method", "workload", "implementation", "peak GB", "vs first row", "paper GB"), rows)
     save_figure(_figure(tables), out / "memory.png")
     result.image(out / "memory.png", "Peak memory of each workload: brainkernels, the largest peer, the paper")
-    result.text("The same figures come from `pytest benchmarks -k memory` (with pytest-benchmark's timing beside).")
+    result.text("The training, sampling and INR rows also come from `pytest benchmarks -k memory` (pytest-benchmark).")
     return result
