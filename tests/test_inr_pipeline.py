@@ -3,6 +3,7 @@ command line (2D) and the Python API (3D), and the bad inputs of the issue."""
 
 import contextlib
 import io
+import math
 import shutil
 import subprocess
 
@@ -15,7 +16,7 @@ from brainkernels.cli import main
 from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.errors import BrainkernelsError
-from brainkernels.inr.evaluate import ablation, evaluate
+from brainkernels.inr.evaluate import ablation, evaluate, summarise
 from brainkernels.inr.predict import atlas, predict
 from brainkernels.inr.train import INRConfig, load_trained, train
 
@@ -158,3 +159,10 @@ def test_not_an_inr_run(tmp_path):
     (tmp_path / "config.toml").write_text("m = 16\n")
     with pytest.raises(BrainkernelsError, match="not an INR run"):
         load_trained(tmp_path)
+
+
+def test_head_circumference_correlation_needs_three_pairs():
+    rows = [dict(psnr=1.0, ssim=0.5, mae=0.1, hc_true_cm=true, hc_predicted_cm=predicted)
+            for true, predicted in ((30.0, 31.0), (33.0, 32.5), (35.0, 36.0))]
+    assert math.isnan(summarise(rows[:2])["hc_r"])
+    assert summarise(rows)["hc_r"] == pytest.approx(0.942, abs=1e-3)

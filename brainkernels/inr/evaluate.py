@@ -69,7 +69,8 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     """Mean PSNR, SSIM, MAE; σ (cm) of the HC error and Pearson r of predicted against true HC."""
     true = np.array([row["hc_true_cm"] for row in rows])
     predicted = np.array([row["hc_predicted_cm"] for row in rows])
-    correlated = len(rows) > 1 and np.ptp(true) > 0 and np.ptp(predicted) > 0
+    # Two points always correlate perfectly: r needs three pairs or more.
+    correlated = len(rows) > 2 and np.ptp(true) > 0 and np.ptp(predicted) > 0
     return {
         **{key: float(np.mean([row[key] for row in rows])) for key in ("psnr", "ssim", "mae")},
         "hc_sigma_cm": float(np.std(predicted - true, ddof=1)) if len(rows) > 1 else float("nan"),
