@@ -14,7 +14,7 @@ import pytest
 
 from brainkernels.demo import memory, run
 from brainkernels.demo.report import Section, to_html, to_markdown
-from brainkernels.demo.settings import QUICK, Cohort, DemoSettings
+from brainkernels.demo.settings import DEFAULT, QUICK, Cohort, DemoSettings
 from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.train import INRConfig
 from brainkernels.memory import Footprint
@@ -100,8 +100,6 @@ def test_report_renderers_escape_and_quote_commands(tmp_path):
 
 
 def test_quick_level_is_smaller_than_the_default():
-    from brainkernels.demo.settings import DEFAULT
-
     for name in ("ppr", "patchddm", "inr"):
         assert getattr(QUICK, name).steps < getattr(DEFAULT, name).steps
 

@@ -24,6 +24,3 @@ class Stages:
             self.seconds[name] = time.perf_counter() - start
             if not self.quiet:
                 print(f"[demo] {name}: {self.seconds[name]:.0f} s", file=sys.stderr, flush=True)
-
-    def total(self, prefix: str = "") -> float:
-        return sum(seconds for name, seconds in self.seconds.items() if name.startswith(prefix))

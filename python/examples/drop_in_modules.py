@@ -9,6 +9,7 @@ Each part checks on the CPU that the outputs are unchanged, then prints the peak
 training step on a larger volume before and after, measured exactly on PyTorch's meta device
 (brainkernels.memory; no data and no GPU needed).
 
+    pip install monai einops     # MONAI is not a dependency of brainkernels itself
     python python/examples/drop_in_modules.py [--side 16 --memory-side 128]
 """
 
