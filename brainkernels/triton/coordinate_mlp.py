@@ -165,6 +165,37 @@ def _forward_kernel(
 
 
 @triton.jit
+def _output_unit_backward(packed_ptr, partial, h, grad, n, nmask, omega, scale, W: tl.constexpr, U: tl.constexpr,
+                          LAST: tl.constexpr, MAPS: tl.constexpr, ACT: tl.constexpr, WEIGHT_GRADS: tl.constexpr):
+    """Adds the output unit's weight and bias gradients; returns the gradient at its input h.
+
+    A function of its own because its per-voxel f, g, d_f, d_g are vectors, while the hidden layers'
+    are matrices under the same names: the GPU compiler types a name assigned before and inside a
+    loop as one loop-carried variable and refuses the change of shape (the interpreter does not).
+    """
+    w_f = tl.load(packed_ptr + LAST + n, mask=nmask, other=0.0)
+    f = tl.sum(h * w_f[None, :], axis=1) + tl.load(packed_ptr + LAST + U)
+    g = f
+    w_g = w_f
+    if MAPS == 2:
+        w_g = tl.load(packed_ptr + LAST + W + n, mask=nmask, other=0.0)
+        g = tl.sum(h * w_g[None, :], axis=1) + tl.load(packed_ptr + LAST + U + 1)
+    _, d_f, d_g = _activation(f, g, omega, scale, ACT)
+    dy_f = grad * d_f
+    if WEIGHT_GRADS:
+        tl.atomic_add(partial + LAST + n, tl.sum(dy_f[:, None] * h, axis=0), mask=nmask)
+    tl.atomic_add(partial + LAST + U + n, tl.where(n == 0, tl.sum(dy_f, axis=0), 0.0), mask=n == 0)
+    upstream = dy_f[:, None] * w_f[None, :]
+    if MAPS == 2:
+        dy_g = grad * d_g
+        if WEIGHT_GRADS:
+            tl.atomic_add(partial + LAST + W + n, tl.sum(dy_g[:, None] * h, axis=0), mask=nmask)
+        tl.atomic_add(partial + LAST + U + 1 + n, tl.where(n == 0, tl.sum(dy_g, axis=0), 0.0), mask=n == 0)
+        upstream += dy_g[:, None] * w_g[None, :]
+    return upstream
+
+
+@triton.jit
 def _backward_kernel(
     packed_ptr, coords_ptr, grad_ptr, grad_packed_ptr, partials_ptr, grad_coords_ptr, scratch_ptr,
     M, num_blocks, s1, s2, off0, off1, off2, divisor, c_stride0, c_stride1, g_stride0, g_stride1, g_stride2,
@@ -217,25 +248,8 @@ def _backward_kernel(
         rest = idx // s2
         grad_offset = (rest // s1) * g_stride0 + (rest % s1) * g_stride1 + (idx % s2) * g_stride2
         grad = tl.load(grad_ptr + grad_offset, mask=valid, other=0.0).to(DTYPE)
-        w_f = tl.load(packed_ptr + LAST + n, mask=nmask, other=0.0)
-        f = tl.sum(h * w_f[None, :], axis=1) + tl.load(packed_ptr + LAST + U)
-        g = f
-        w_g = w_f
-        if MAPS == 2:
-            w_g = tl.load(packed_ptr + LAST + W + n, mask=nmask, other=0.0)
-            g = tl.sum(h * w_g[None, :], axis=1) + tl.load(packed_ptr + LAST + U + 1)
-        _, d_f, d_g = _activation(f, g, omega, scale, ACT)
-        dy_f = grad * d_f
-        if WEIGHT_GRADS:
-            tl.atomic_add(partial + LAST + n, tl.sum(dy_f[:, None] * h, axis=0), mask=nmask)
-        tl.atomic_add(partial + LAST + U + n, tl.where(n == 0, tl.sum(dy_f, axis=0), 0.0), mask=n == 0)
-        upstream = dy_f[:, None] * w_f[None, :]
-        if MAPS == 2:
-            dy_g = grad * d_g
-            if WEIGHT_GRADS:
-                tl.atomic_add(partial + LAST + W + n, tl.sum(dy_g[:, None] * h, axis=0), mask=nmask)
-            tl.atomic_add(partial + LAST + U + 1 + n, tl.where(n == 0, tl.sum(dy_g, axis=0), 0.0), mask=n == 0)
-            upstream += dy_g[:, None] * w_g[None, :]
+        upstream = _output_unit_backward(packed_ptr, partial, h, grad, n, nmask, omega, scale, W, U, LAST, MAPS, ACT,
+                                         WEIGHT_GRADS)
 
         # Hidden layers, last to first.
         for step in range(0, DEPTH - 2):
