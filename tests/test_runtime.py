@@ -97,6 +97,15 @@ def test_resume_after_sigkill_while_writing_a_checkpoint(tmp_path):
     assert steps == [2, 4, 6, 8, 10, 12]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("first", ["cpu", "cuda"])
+def test_resume_on_a_gpu(tmp_path, first):
+    train(tmp_path / "run", *STEPS, "--steps", "8", "--device", first)
+    train(tmp_path / "run", *STEPS, "--device", "cuda", "--resume")
+    steps = [row["step"] for row in RunFolder(tmp_path / "run").read_metrics() if "loss" in row]
+    assert steps == [2, 4, 6, 8, 10, 12]
+
+
 def test_checkpoints_from_elsewhere_are_refused(tmp_path):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters())

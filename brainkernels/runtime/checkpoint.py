@@ -65,11 +65,11 @@ def save_checkpoint(path: Path, *, method: str, config: dict[str, Any], step: in
 
 
 def load_checkpoint(path: Path, *, method: str, config: dict[str, Any] | None = None,
-                    architecture_keys: tuple[str, ...] = (), map_location: Any = "cpu") -> dict[str, Any]:
+                    architecture_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load and check a checkpoint: refused when it is not ours, from another method, or from a
     model whose architecture keys differ from ``config``."""
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise BrainkernelsError(f"{path}: checkpoint not found") from None
     except Exception as error:  # unpickling refused or a damaged file: both mean "do not use"

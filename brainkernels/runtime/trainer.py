@@ -171,8 +171,10 @@ class Trainer:
             checkpoint.remove_partial_checkpoints(self.run.checkpoints)
         distributed.barrier()
         if resume and self.run is not None and (latest := checkpoint.latest_checkpoint(self.run.checkpoints)):
+            # Loaded to the CPU: the random-generator states must stay CPU tensors (mapped to a GPU,
+            # resuming there failed); load_state_dict moves weights and optimiser state to the model.
             state = checkpoint.load_checkpoint(latest, method=self.method, config=self.run_config,
-                                               architecture_keys=self.architecture_keys, map_location=device)
+                                               architecture_keys=self.architecture_keys)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             if state["scaler"] is not None:
