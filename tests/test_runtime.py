@@ -97,6 +97,13 @@ def test_resume_after_sigkill_while_writing_a_checkpoint(tmp_path):
     assert steps == [2, 4, 6, 8, 10, 12]
 
 
+def test_resume_takes_the_learning_rate_given_now(tmp_path):
+    train(tmp_path / "run", *STEPS, "--steps", "8")
+    train(tmp_path / "run", *STEPS, "--resume", "--lr", "1e-3")
+    rates = {row["step"]: row["lr"] for row in RunFolder(tmp_path / "run").read_metrics() if "loss" in row}
+    assert rates == {2: 1e-2, 4: 1e-2, 6: 1e-2, 8: 1e-2, 10: 1e-3, 12: 1e-3}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("first", ["cpu", "cuda"])
 def test_resume_on_a_gpu(tmp_path, first):

@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kill-at-checkpoint", type=int, default=None)
     # Dropout draws from each process's own RNG, so runs with it match only runs with as many processes.
     parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--lr", type=float, default=1e-2)
     config.add_arguments(parser, TrainerConfig)
     arguments = parser.parse_args(argv)
     trainer_config = config.config_from_arguments(TrainerConfig, arguments)
@@ -77,7 +78,8 @@ def main(argv=None) -> int:
         config.write_toml(trainer_config, run.config)
     distributed.barrier()
     trainer = Trainer(
-        method="toy", build_model=lambda: build_model(arguments.dropout), build_optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+        method="toy", build_model=lambda: build_model(arguments.dropout),
+        build_optimizer=lambda p: torch.optim.AdamW(p, lr=arguments.lr),
         loss_fn=loss_fn, dataset=NoisyPlane(), config=trainer_config, distributed=distributed, run=run,
         run_config=config.to_dict(trainer_config), quiet=True,
         evaluate=lambda model, step: {"mse": F.mse_loss(model(NoisyPlane().x).squeeze(-1), NoisyPlane().y).item()},

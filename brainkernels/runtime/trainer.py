@@ -176,7 +176,12 @@ class Trainer:
             state = checkpoint.load_checkpoint(latest, method=self.method, config=self.run_config,
                                                architecture_keys=self.architecture_keys)
             model.load_state_dict(state["model"])
+            configured = [{key: value for key, value in group.items() if key != "params"}
+                          for group in optimizer.param_groups]
             optimizer.load_state_dict(state["optimizer"])
+            # The optimiser's moments resume; its settings (a new --lr, say) are the ones given now.
+            for group, settings in zip(optimizer.param_groups, configured):
+                group.update(settings)
             if state["scaler"] is not None:
                 scaler.load_state_dict(state["scaler"])
             checkpoint.restore_rng(state["rng"])
