@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      # logs, JUnit XML and JSON reports (default: gpu-check/)
 #
-# BRAINKERNELS_CUDA_ARCHITECTURES narrows the build (e.g. 90 on a Hopper card: a third of the build time).
+# BRAINKERNELS_CUDA_ARCHITECTURES narrows the build (e.g. 90 on a Hopper card: a third of the build time);
+# on a machine with no package index, install the dependencies first and set PIP_NO_DEPS=1.
 set -uo pipefail
 out=${1:-gpu-check}
 mkdir -p "$out"
@@ -13,7 +14,7 @@ started=$SECONDS
 stage() { echo "[$((SECONDS - started)) s] $*"; }
 
 stage "building with CUDA"
-if ! BRAINKERNELS_CUDA=on python -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1; then
+if ! BRAINKERNELS_CUDA=on python -m pip install --no-build-isolation -e . >"$out/build.log" 2>&1; then
   tail -40 "$out/build.log"
   exit 1
 fi
