@@ -6,6 +6,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -13,9 +14,11 @@ from brainkernels.data.preprocess import equalize_ct
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.data.volume import load_nifti, save_nifti
 from brainkernels.errors import BrainkernelsError
+from brainkernels.ppr import healthy_reference
 from brainkernels.ppr.data import prepare
-from brainkernels.ppr.evaluate import detect, evaluate
+from brainkernels.ppr.evaluate import MAX_ERROR, VS_HEALTHY, detect, evaluate
 from brainkernels.ppr.train import PPRConfig, load_trained, train
+from brainkernels.runtime import RunFolder
 
 SHAPE = 32
 
@@ -48,9 +51,24 @@ def test_command_line_train_detect_evaluate(cohort, tmp_path):
     assert (tmp_path / "maps" / f"{name}_anomaly.png").stat().st_size > 10_000
     evaluated = brainkernels("ppr", "evaluate", "--model", str(run), "--data", str(cohort), "--quiet", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
-    assert "left hemisphere bleed" in evaluated.stdout
+    assert "left hemisphere bleed" in evaluated.stdout and "vs healthy scans" in evaluated.stdout
     for output in ("scores.csv", "auroc.csv", "roc.png"):
         assert (run / "evaluation" / output).is_file()
+    table = pd.read_csv(run / "evaluation" / "auroc.csv")
+    assert sorted(set(table["score"])) == [MAX_ERROR, VS_HEALTHY] and len(table) == 6
+    assert {"left_bleed_max_error", "left_bleed_vs_healthy"} <= set(pd.read_csv(run / "evaluation" / "scores.csv"))
+
+
+def test_a_reference_from_an_older_checkpoint_is_not_used(cohort, tmp_path):
+    settings = PPRConfig(m=1, patch=19, steps=2, patches_per_step=8, checkpoint_every=1, device="cpu")
+    run = train(cohort, tmp_path / "run", settings, quiet=True)
+    assert healthy_reference.load(RunFolder(run)).checkpoint == "step-00000002.pt"
+    stale = run / "checkpoints" / "step-00000003.pt"  # as if training went on and stopped before its end
+    stale.write_bytes((run / "checkpoints" / "step-00000002.pt").read_bytes())
+    assert healthy_reference.load(RunFolder(run)) is None
+    with pytest.warns(UserWarning, match="no healthy reference for its latest checkpoint"):
+        aurocs = evaluate(run, cohort, tmp_path / "evaluation", quiet=True)
+    assert list(aurocs) == [MAX_ERROR]
 
 
 def test_python_api_with_the_autoencoder_baseline(cohort, tmp_path):
@@ -59,8 +77,10 @@ def test_python_api_with_the_autoencoder_baseline(cohort, tmp_path):
     model, loaded = load_trained(run)
     assert loaded == settings and type(model).__name__ == "AutoEncoder"
     aurocs = evaluate(run, cohort, tmp_path / "evaluation", quiet=True)
-    assert set(aurocs) == {"left hemisphere bleed", "right hemisphere bleed", "fracture (skull)"}
-    assert all(np.isnan(value) or 0 <= value <= 1 for value in aurocs.values())
+    assert list(aurocs) == [VS_HEALTHY, MAX_ERROR]
+    for per_structure in aurocs.values():
+        assert set(per_structure) == {"left hemisphere bleed", "right hemisphere bleed", "fracture (skull)"}
+        assert all(np.isnan(value) or 0 <= value <= 1 for value in per_structure.values())
     written = detect(run, cohort / "scans", tmp_path / "maps", quiet=True)
     assert len(written) == 12
 

@@ -21,9 +21,10 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
     aurocs = evaluate(arguments.model, arguments.data, arguments.out, mode=arguments.mode, tile=arguments.tile,
                       device=arguments.device, quiet=arguments.quiet)
-    print(f"{'structure':<26} AUROC")
-    for name, value in aurocs.items():
-        print(f"{name:<26} {value:.3f}")
+    scores = list(aurocs)
+    print(f"{'AUROC':<26}" + "".join(f"{score:>24}" for score in scores))
+    for name in aurocs[scores[0]]:
+        print(f"{name:<26}" + "".join(f"{aurocs[score][name]:>24.3f}" for score in scores))
     return 0
 
 

@@ -21,30 +21,21 @@ from brainkernels.data.layouts.cq500 import load_cq500_structures, read_cq500  #
 from brainkernels.data.volume import Volume, is_nifti, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
 from brainkernels.figures import orthogonal_slices, save_figure  # noqa: E402
-from brainkernels.ppr import reference_grid  # noqa: E402
-from brainkernels.ppr.autoencoder import AutoEncoder, reconstruction_error  # noqa: E402
-from brainkernels.ppr.data import prepare  # noqa: E402
-from brainkernels.ppr.infer import anomaly_map  # noqa: E402
+from brainkernels.ppr import healthy_reference, reference_grid  # noqa: E402
+from brainkernels.ppr.data import PreparedScan, prepare  # noqa: E402
+from brainkernels.ppr.healthy_reference import error_maps  # noqa: E402
 from brainkernels.ppr.train import healthy_split, load_trained  # noqa: E402
 from brainkernels.runtime import RunFolder, setup, teardown  # noqa: E402
 from brainkernels.runtime.inference import run_cohort  # noqa: E402
 
+MAX_ERROR = "maximum error (paper)"
+VS_HEALTHY = "vs healthy scans"
 # Structure label in structures.nii.gz, the scan label it is scored against, and the AE post-filter.
 STRUCTURES = {
     "left hemisphere bleed": (1, "left_bleed", "erosion"),
     "right hemisphere bleed": (2, "right_bleed", "erosion"),
     "fracture (skull)": (3, "fracture", "median"),
 }
-
-
-def _maps(model, scan, mode: str, tile: int) -> dict[str, torch.Tensor]:
-    """The anomaly map(s) of a prepared scan, zero outside the head: one for PPR, one per
-    post-filter for the AE. Outside the head there is no anatomy that could be anomalous, and
-    PPR never trains on all-air patches, so its error there means nothing."""
-    head = scan.mask.to(scan.volume.data.device)
-    if isinstance(model, AutoEncoder):
-        return {name: reconstruction_error(model, scan.volume.data, filter=name) * head for name in ("erosion", "median")}
-    return {"ppr": anomaly_map(model, scan.volume.data, mode=mode, tile=tile) * head}
 
 
 def _input_files(path: Path) -> list[Path]:
@@ -65,7 +56,10 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
     distributed = setup(device)
     try:
         model, _ = load_trained(run_dir, distributed.device)
-        training = reference_grid.load_footprints(RunFolder(run_dir))
+        run = RunFolder(run_dir)
+        training = reference_grid.load_footprints(run)
+        reference = _healthy_reference(run)
+        label = "position error" if reference is None else "error vs healthy (SD)"
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
 
@@ -74,16 +68,18 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
             warning = reference_grid.check_scan(training, scan)
             if warning:
                 warnings.warn(warning, stacklevel=1)
-            volume = scan.volume.with_data(scan.volume.data.to(distributed.device))
-            error = next(iter(_maps(model, type(scan)(scan.name, volume, scan.mask), mode, tile).values())).cpu()
+            maps = _cpu_maps(model, scan, distributed.device, mode, tile)
+            if reference is not None:
+                maps = reference.normalise(maps)
+            error = next(iter(maps.values())) * scan.mask
             target = out / f"{scan.name}_anomaly.nii.gz"
             save_nifti(Volume(error[None], scan.volume.affine), target)
             peak = np.unravel_index(int(error.argmax()), error.shape)
             # Show the highest tenth of the head's errors, so the scan stays visible under them.
             low = float(torch.quantile(error[scan.mask][:1_000_000], 0.9))
-            figure = orthogonal_slices(scan.volume.data[0], point=peak, overlay=error, overlay_label="position error",
+            figure = orthogonal_slices(scan.volume.data[0], point=peak, overlay=error, overlay_label=label,
                                        overlay_range=(low, max(float(error.max()), low + 1e-6)),
-                                       title=f"{scan.name}: PPR anomaly map (max {error.max():.3f})"
+                                       title=f"{scan.name}: PPR anomaly map, {label} (max {error.max():.3g})"
                                        + (f"\n{warning}" if warning else ""))
             save_figure(figure, out / f"{scan.name}_anomaly.png")
             return target
@@ -94,34 +90,65 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
         teardown()
 
 
-def _structure_scores(maps: dict[str, torch.Tensor], structures: torch.Tensor) -> dict[str, float]:
-    """Per structure, the maximum of the anomaly map inside it (the paper thresholds this)."""
-    scores = {}
+def _healthy_reference(run: RunFolder) -> healthy_reference.HealthyReference | None:
+    reference = healthy_reference.load(run)
+    if reference is None:
+        warnings.warn(f"{run.root}: no healthy reference for its latest checkpoint (the run stopped before the "
+                      "end of training, or has fewer than two healthy training scans): maps are the raw error, "
+                      "scored by their maximum as in the paper; `brainkernels ppr train --resume` with the "
+                      "run's settings makes one", stacklevel=2)
+    return reference
+
+
+def _cpu_maps(model, scan: PreparedScan, device, mode: str, tile: int) -> dict[str, torch.Tensor]:
+    volume = scan.volume.with_data(scan.volume.data.to(device))
+    return {kind: error.cpu() for kind, error in error_maps(model, PreparedScan(scan.name, volume, scan.mask),
+                                                              mode, tile).items()}
+
+
+def _structure_scores(maps: dict[str, torch.Tensor], normalised: dict[str, torch.Tensor] | None,
+                      structures: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Per score and structure: the maximum error inside it (the paper thresholds this), and, with
+    a healthy reference, the top of its error measured against healthy scans."""
+    scores: dict[str, dict[str, float]] = {MAX_ERROR: {}}
+    if normalised is not None:
+        scores[VS_HEALTHY] = {}
     for name, (label, _, ae_filter) in STRUCTURES.items():
-        error = maps.get("ppr", maps.get(ae_filter))
+        kind = "ppr" if "ppr" in maps else ae_filter
         region = structures == label
-        scores[name] = float(error[region].max()) if region.any() else float("nan")
+        scores[MAX_ERROR][name] = float(maps[kind][region].max()) if region.any() else float("nan")
+        if normalised is not None:
+            scores[VS_HEALTHY][name] = healthy_reference.structure_score(normalised[kind], region) \
+                if region.any() else float("nan")
     return scores
 
 
-def _roc_figure(results: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str) -> plt.Figure:
-    figure, axis = plt.subplots(figsize=(5.5, 5))
-    for name, (false_positive, true_positive, auroc) in results.items():
-        axis.plot(false_positive, true_positive, label=f"{name} (AUROC {auroc:.3f})", linewidth=2)
+def _roc_figure(curves: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, float]], title: str) -> plt.Figure:
+    figure, axis = plt.subplots(figsize=(6, 5.5))
+    colours = dict(zip(STRUCTURES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for (score, name), (false_positive, true_positive, auroc) in curves.items():
+        axis.plot(false_positive, true_positive, color=colours[name], linewidth=2 if score == VS_HEALTHY else 1.2,
+                  linestyle="-" if score == VS_HEALTHY else "--", label=f"{name}, {score} (AUROC {auroc:.3f})")
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     axis.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    axis.legend(loc="lower right")
+    axis.legend(loc="lower right", fontsize="small")
     return figure
+
+
+def _score_column(label: str, score: str) -> str:
+    return f"{label}_{'max_error' if score == MAX_ERROR else 'vs_healthy'}"
 
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
-             quiet: bool = False) -> dict[str, float]:
+             quiet: bool = False) -> dict[str, dict[str, float]]:
     """Score the held-out scans of the cohort at ``data`` per structure; writes ``scores.csv``,
-    ``auroc.csv`` and ``roc.png`` to ``out`` (default ``RUN/evaluation``) and returns the AUROCs."""
+    ``auroc.csv`` and ``roc.png`` to ``out`` (default ``RUN/evaluation``) and returns the AUROCs,
+    per score (``VS_HEALTHY`` when the run has a healthy reference, and ``MAX_ERROR``) and structure."""
     distributed = setup(device)
     try:
         model, settings = load_trained(run_dir, distributed.device)
+        reference = _healthy_reference(RunFolder(run_dir))
         cohort = read_cq500(data)
         if cohort.structures_path is None:
             raise BrainkernelsError(f"{cohort.root}: evaluation needs structures.nii.gz (hemispheres and skull)")
@@ -129,37 +156,38 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
         _, held_out = healthy_split(cohort.scans, settings.split_seed)
 
         def one(record):
-            scan = prepare(record.path)
-            volume = scan.volume.with_data(scan.volume.data.to(distributed.device))
-            maps = {key: value.cpu() for key, value in _maps(model, type(scan)(scan.name, volume, scan.mask), mode,
-                                                              tile).items()}
-            return record, _structure_scores(maps, structures)
+            maps = _cpu_maps(model, prepare(record.path), distributed.device, mode, tile)
+            return record, _structure_scores(maps, None if reference is None else reference.normalise(maps),
+                                             structures)
 
         results = run_cohort(held_out, one, distributed, description="evaluation", quiet=quiet,
                              sizes=f"mode={mode}, tile={tile}", advice="Lower --tile to use less memory.")
-        aurocs = {}
+        scores = ([VS_HEALTHY] if reference is not None else []) + [MAX_ERROR]
+        aurocs: dict[str, dict[str, float]] = {score: {} for score in scores}
         if distributed.is_main:
             out = Path(out) if out is not None else RunFolder(run_dir).root / "evaluation"
             rows, curves = [], {}
-            for record, scores in results:
+            for record, structure_scores in results:
                 row = {"name": record.name}
                 for name, (_, label, _) in STRUCTURES.items():
-                    row[f"{label}"] = int(getattr(record, label))
-                    row[f"{label}_score"] = scores[name]
+                    row[label] = int(getattr(record, label))
+                    for score in scores:
+                        row[_score_column(label, score)] = structure_scores[score][name]
                 rows.append(row)
-            for name, (_, label, _) in STRUCTURES.items():
-                truth = np.array([row[label] for row in rows])
-                score = np.array([row[f"{label}_score"] for row in rows])
-                if truth.min() == truth.max():  # ROC needs both classes
-                    aurocs[name] = float("nan")
-                    continue
-                aurocs[name] = float(roc_auc_score(truth, score))
-                false_positive, true_positive, _ = roc_curve(truth, score)
-                curves[name] = (false_positive, true_positive, aurocs[name])
+            for score in scores:
+                for name, (_, label, _) in STRUCTURES.items():
+                    truth = np.array([row[label] for row in rows])
+                    values = np.array([row[_score_column(label, score)] for row in rows])
+                    if truth.min() == truth.max():  # ROC needs both classes
+                        aurocs[score][name] = float("nan")
+                        continue
+                    aurocs[score][name] = float(roc_auc_score(truth, values))
+                    false_positive, true_positive, _ = roc_curve(truth, values)
+                    curves[score, name] = (false_positive, true_positive, aurocs[score][name])
             write_csv(out / "scores.csv", rows)
-            write_csv(out / "auroc.csv", [{"structure": name, "auroc": value, "scans": len(rows),
+            write_csv(out / "auroc.csv", [{"structure": name, "score": score, "auroc": value, "scans": len(rows),
                                             "positives": sum(row[STRUCTURES[name][1]] for row in rows)}
-                                           for name, value in aurocs.items()])
+                                           for score in scores for name, value in aurocs[score].items()])
             if curves:
                 save_figure(_roc_figure(curves, f"{settings.model.upper()} (m={settings.m}), {len(rows)} held-out scans"),
                             out / "roc.png")

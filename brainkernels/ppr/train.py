@@ -14,11 +14,11 @@ from torch import Tensor, nn
 from brainkernels.data.layouts.cq500 import read_cq500
 from brainkernels.data.layouts.splits import split_by_subject
 from brainkernels.errors import BrainkernelsError
-from brainkernels.ppr import reference_grid
+from brainkernels.ppr import healthy_reference, reference_grid
 from brainkernels.ppr.autoencoder import AutoEncoder
 from brainkernels.ppr.data import PositionPatches, WholeVolumes, prepare_cohort
 from brainkernels.ppr.model import PPRNet
-from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, setup, teardown
+from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, latest_checkpoint, setup, teardown
 from brainkernels.runtime.trained import load_trained_run
 
 METHOD = "ppr"
@@ -90,7 +90,12 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: PPRConfig, 
             architecture_keys=ARCHITECTURE_KEYS, quiet=quiet,
             memory_advice="--patches-per-step or --m" if settings.model == "ppr" else "--batch-size or --m",
         )
-        trainer.fit(resume=resume)
+        model = trainer.fit(resume=resume)
+        if distributed.is_main and len(prepared) >= 2:  # a spread needs two scans; evaluation copes without
+            latest = latest_checkpoint(run.checkpoints)
+            healthy_reference.save(run, healthy_reference.build(model.eval(), prepared, latest.name,
+                                                                distributed.device))
+        distributed.barrier()
         return run.root
     finally:
         teardown()

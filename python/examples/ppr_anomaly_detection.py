@@ -36,4 +36,5 @@ print(f"{scan.name}: max position error {dense.max():.3f}; dense == patchwise: "
       f"{torch.allclose(dense, patchwise, atol=1e-5)}")
 
 aurocs = evaluate(run, cohort, quiet=True)  # writes RUN/evaluation/{scores.csv, auroc.csv, roc.png}
-print("AUROC per structure:", {name: round(value, 3) for name, value in aurocs.items()})
+for score, per_structure in aurocs.items():  # against healthy scans (brainkernels), maximum error (paper)
+    print(f"AUROC, {score}:", {name: round(value, 3) for name, value in per_structure.items()})
