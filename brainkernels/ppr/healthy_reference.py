@@ -33,7 +33,8 @@ def error_maps(model, scan: PreparedScan, mode: str = "dense", tile: int = 64) -
     PPR never trains on all-air patches, so its error there means nothing."""
     head = scan.mask.to(scan.volume.data.device)
     if isinstance(model, AutoEncoder):
-        return {name: reconstruction_error(model, scan.volume.data, filter=name) * head for name in ("erosion", "median")}
+        return {name: reconstruction_error(model, scan.volume.data, filter=name) * head
+                for name in ("erosion", "median")}
     return {"ppr": anomaly_map(model, scan.volume.data, mode=mode, tile=tile) * head}
 
 
@@ -51,19 +52,25 @@ class HealthyReference:
 
 
 def build(model, scans: list[PreparedScan], checkpoint_name: str, device: torch.device) -> HealthyReference:
-    """The reference from the maps of ``scans`` (the healthy training scans) under ``model``."""
+    """The reference from the maps of ``scans`` (the healthy training scans) under ``model``.
+    Sums run in float64, so memory does not grow with the number of scans (a hundred 256^3 maps
+    would take 7 GB)."""
     if len(scans) < 2:
         raise ValueError(f"a healthy reference needs at least 2 scans; got {len(scans)}")
-    maps: dict[str, list[Tensor]] = {}
+    sums: dict[str, Tensor] = {}
+    squares: dict[str, Tensor] = {}
     heads = torch.zeros_like(scans[0].mask)
     for scan in scans:
         volume = scan.volume.with_data(scan.volume.data.to(device))
         for kind, error in error_maps(model, PreparedScan(scan.name, volume, scan.mask)).items():
-            maps.setdefault(kind, []).append(error.cpu())
+            error = error.cpu().double()
+            sums[kind] = sums.get(kind, 0) + error
+            squares[kind] = squares.get(kind, 0) + error * error
         heads |= scan.mask
-    stacked = {kind: torch.stack(values) for kind, values in maps.items()}
-    std = {kind: values.std(0) for kind, values in stacked.items()}
-    return HealthyReference(checkpoint_name, {kind: values.mean(0) for kind, values in stacked.items()}, std,
+    count = len(scans)
+    mean = {kind: total / count for kind, total in sums.items()}
+    std = {kind: ((squares[kind] - count * mean[kind] ** 2) / (count - 1)).clamp(min=0).sqrt().float() for kind in sums}
+    return HealthyReference(checkpoint_name, {kind: value.float() for kind, value in mean.items()}, std,
                             {kind: float(spread[heads].median()) for kind, spread in std.items()})
 
 
