@@ -22,7 +22,7 @@ from brainkernels.data.volume import Volume, is_nifti, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
 from brainkernels.figures import orthogonal_slices, save_figure  # noqa: E402
 from brainkernels.ppr import healthy_reference, reference_grid  # noqa: E402
-from brainkernels.ppr.data import PreparedScan, prepare  # noqa: E402
+from brainkernels.ppr.data import prepare  # noqa: E402
 from brainkernels.ppr.healthy_reference import error_maps  # noqa: E402
 from brainkernels.ppr.train import healthy_split, load_trained  # noqa: E402
 from brainkernels.runtime import RunFolder, setup, teardown  # noqa: E402
@@ -30,6 +30,7 @@ from brainkernels.runtime.inference import run_cohort  # noqa: E402
 
 MAX_ERROR = "maximum error (paper)"
 VS_HEALTHY = "vs healthy scans"
+COLUMN_SUFFIX = {MAX_ERROR: "max_error", VS_HEALTHY: "vs_healthy"}  # of the scores in scores.csv
 # Structure label in structures.nii.gz, the scan label it is scored against, and the AE post-filter.
 STRUCTURES = {
     "left hemisphere bleed": (1, "left_bleed", "erosion"),
@@ -68,7 +69,7 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
             warning = reference_grid.check_scan(training, scan)
             if warning:
                 warnings.warn(warning, stacklevel=1)
-            maps = _cpu_maps(model, scan, distributed.device, mode, tile)
+            maps = error_maps(model, scan, distributed.device, mode, tile)
             if reference is not None:
                 maps = reference.normalise(maps)
             error = next(iter(maps.values())) * scan.mask
@@ -100,12 +101,6 @@ def _healthy_reference(run: RunFolder) -> healthy_reference.HealthyReference | N
     return reference
 
 
-def _cpu_maps(model, scan: PreparedScan, device, mode: str, tile: int) -> dict[str, torch.Tensor]:
-    volume = scan.volume.with_data(scan.volume.data.to(device))
-    return {kind: error.cpu() for kind, error in error_maps(model, PreparedScan(scan.name, volume, scan.mask),
-                                                              mode, tile).items()}
-
-
 def _structure_scores(maps: dict[str, torch.Tensor], normalised: dict[str, torch.Tensor] | None,
                       structures: torch.Tensor) -> dict[str, dict[str, float]]:
     """Per score and structure: the maximum error inside it (the paper thresholds this), and, with
@@ -116,10 +111,11 @@ def _structure_scores(maps: dict[str, torch.Tensor], normalised: dict[str, torch
     for name, (label, _, ae_filter) in STRUCTURES.items():
         kind = "ppr" if "ppr" in maps else ae_filter
         region = structures == label
-        scores[MAX_ERROR][name] = float(maps[kind][region].max()) if region.any() else float("nan")
+        present = bool(region.any())
+        scores[MAX_ERROR][name] = float(maps[kind][region].max()) if present else float("nan")
         if normalised is not None:
-            scores[VS_HEALTHY][name] = healthy_reference.structure_score(normalised[kind], region) \
-                if region.any() else float("nan")
+            scores[VS_HEALTHY][name] = healthy_reference.structure_score(normalised[kind], region) if present \
+                else float("nan")
     return scores
 
 
@@ -136,7 +132,7 @@ def _roc_figure(curves: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, floa
 
 
 def _score_column(label: str, score: str) -> str:
-    return f"{label}_{'max_error' if score == MAX_ERROR else 'vs_healthy'}"
+    return f"{label}_{COLUMN_SUFFIX[score]}"
 
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
@@ -156,7 +152,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
         _, held_out = healthy_split(cohort.scans, settings.split_seed)
 
         def one(record):
-            maps = _cpu_maps(model, prepare(record.path), distributed.device, mode, tile)
+            maps = error_maps(model, prepare(record.path), distributed.device, mode, tile)
             return record, _structure_scores(maps, None if reference is None else reference.normalise(maps),
                                              structures)
 

@@ -27,15 +27,16 @@ FILE = "healthy_reference.pt"
 TOP_FRACTION = 0.001  # a structure's score: the mean of its highest 0.1 % of voxels (0.6 ml of a 1 mm hemisphere)
 
 
-def error_maps(model, scan: PreparedScan, mode: str = "dense", tile: int = 64) -> dict[str, Tensor]:
-    """The anomaly map(s) of a prepared scan, zero outside the head: one for PPR, one per
-    post-filter for the AE. Outside the head there is no anatomy that could be anomalous, and
-    PPR never trains on all-air patches, so its error there means nothing."""
-    head = scan.mask.to(scan.volume.data.device)
+def error_maps(model, scan: PreparedScan, device: torch.device | str = "cpu", mode: str = "dense",
+               tile: int = 64) -> dict[str, Tensor]:
+    """The anomaly map(s) of a prepared scan, computed on ``device`` and returned on the CPU, zero
+    outside the head: one for PPR, one per post-filter for the AE. Outside the head there is no
+    anatomy that could be anomalous, and PPR never trains on all-air patches, so its error there
+    means nothing."""
+    volume, head = scan.volume.data.to(device), scan.mask.to(device)
     if isinstance(model, AutoEncoder):
-        return {name: reconstruction_error(model, scan.volume.data, filter=name) * head
-                for name in ("erosion", "median")}
-    return {"ppr": anomaly_map(model, scan.volume.data, mode=mode, tile=tile) * head}
+        return {name: (reconstruction_error(model, volume, filter=name) * head).cpu() for name in ("erosion", "median")}
+    return {"ppr": (anomaly_map(model, volume, mode=mode, tile=tile) * head).cpu()}
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,8 @@ def build(model, scans: list[PreparedScan], checkpoint_name: str, device: torch.
     squares: dict[str, Tensor] = {}
     heads = torch.zeros_like(scans[0].mask)
     for scan in scans:
-        volume = scan.volume.with_data(scan.volume.data.to(device))
-        for kind, error in error_maps(model, PreparedScan(scan.name, volume, scan.mask)).items():
-            error = error.cpu().double()
+        for kind, error in error_maps(model, scan, device).items():
+            error = error.double()
             sums[kind] = sums.get(kind, 0) + error
             squares[kind] = squares.get(kind, 0) + error * error
         heads |= scan.mask
