@@ -1,7 +1,9 @@
 """extract_patches3d: ours beside plain-PyTorch baselines, time and peak bytes.
 
 Groups:
-- PPR training step: 256 random 31^3 patches from a 256^3 volume.
+- PPR training step: 256 random 31^3 patches from a 256^3 volume; ``extra_info`` holds the
+  effective bandwidth (bytes written, and as many read, per second), to set beside the device's
+  memory bandwidth.
 - dense patchwise inference: every voxel's patch of a 32^3 volume (64^3 with --bench-scale full),
   in chunks, each chunk reduced so that only one chunk is alive at a time.
 """
@@ -45,13 +47,15 @@ def _volume(side: int, device: torch.device) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", list(IMPLEMENTATIONS))
-def test_training_batch(compare, device, name):
+def test_training_batch(compare, benchmark, device, name):
     volume = _volume(256, device)
     centers = torch.randint(0, 256, (256, 3), generator=torch.Generator().manual_seed(1)).to(device)
     fn, baseline = IMPLEMENTATIONS[name]
     out_bytes = 256 * PATCH**3 * volume.element_size()
     compare("256 patches 31^3 from 256^3", name, lambda: fn(volume, centers, PATCH), baseline=baseline,
             bytes_written=out_bytes, volume_shape=list(volume.shape), dtype=str(volume.dtype), patches=256)
+    if benchmark.stats is not None:
+        benchmark.extra_info["effective_bandwidth_GB_per_s"] = 2 * out_bytes / benchmark.stats.stats.median / 1e9
 
 
 @pytest.mark.parametrize("name", ["brainkernels", "reference (indexing)", "baseline (pad + unfold)"])

@@ -156,6 +156,42 @@ def test_unet_fused_equals_unfused_values_and_gradients():
         torch.testing.assert_close(ours, expected)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("recompute", ["blocks", "all"])
+def test_unet_recomputation_gives_the_same_values_and_gradients(recompute, fused):
+    unet = _small_unet(fused=fused)
+    x = torch.randn(2, 5, 8, 4, 12, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([3, 500])
+    stored, grad, stored_grads = _outputs_and_grads(unet, (x, t), fused)
+    unet.recompute = recompute
+    recomputed, _, recomputed_grads = _outputs_and_grads(unet, (x, t), fused, grad)
+    torch.testing.assert_close(recomputed, stored)
+    for ours, expected in zip(recomputed_grads, stored_grads):
+        torch.testing.assert_close(ours, expected)
+
+
+def test_unet_recomputation_keeps_autocast():
+    unet = DiffusionUNet(5, channels=4, channel_mult=(1, 2), groups=2)
+    _randomise(unet, seed=2)
+    x, t = torch.randn(1, 5, 8, 8, 8), torch.tensor([10])
+    grads = {}
+    for recompute in ("none", "all"):
+        unet.recompute = recompute
+        unet.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = unet(x, t)
+        out.float().square().mean().backward()
+        grads[recompute] = [p.grad.clone() for p in unet.parameters()]
+    assert out.dtype == torch.bfloat16
+    for ours, expected in zip(grads["all"], grads["none"]):
+        torch.testing.assert_close(ours, expected)
+
+
+def test_unet_refuses_an_unknown_recompute_mode():
+    with pytest.raises(ValueError, match="recompute must be one of none, blocks, all"):
+        DiffusionUNet(5, channels=4, channel_mult=(1, 2), groups=2, recompute="top")
+
+
 def test_unet_inference_path_equals_the_training_path():
     unet = _small_unet()
     x, t = torch.randn(1, 5, 12, 8, 4, dtype=torch.float64), torch.tensor([17])
@@ -202,6 +238,16 @@ def test_paper_configuration_fits_the_memory_budgets(paper_unets, case, side, gr
     fused, unfused = _peak(paper_unets[True], side, grad), _peak(paper_unets[False], side, grad)
     assert fused <= budget, f"{case}: {fused / 1e9:.2f} GB > {budget / 1e9:.0f} GB"
     assert fused < unfused
+
+
+def test_fullres_training_with_recomputation_fits_a_12_gb_gpu():
+    unet = DiffusionUNet(8).to(device="meta", dtype=torch.bfloat16)
+    peaks = {}
+    for recompute in ("none", "blocks", "all"):
+        unet.recompute = recompute
+        peaks[recompute] = _peak(unet, 256, True)
+    assert peaks["all"] <= 12e9, f"FullRes training at 256^3 with recompute=all: {peaks['all'] / 1e9:.2f} GB > 12 GB"
+    assert peaks["all"] < peaks["blocks"] < peaks["none"]
 
 
 @pytest.mark.parametrize("grad", [False, True])

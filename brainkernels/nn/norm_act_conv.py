@@ -67,22 +67,32 @@ class _NormActConv(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, skip, emb, norm_weight, norm_bias, conv_weight, conv_bias = ctx.saved_tensors
         num_groups, eps, padding, dtype = ctx.settings
-        norm_inputs = [x, skip, emb, norm_weight, norm_bias]
-        wanted = [t is not None and need for t, need in zip(norm_inputs, ctx.needs_input_grad[:5])]
-        leaves = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(norm_inputs, wanted)]
-        with torch.enable_grad(), _without_autocast(x):
-            activation = _normalise(*leaves, num_groups, eps)
-        grad_out = grad_out.to(dtype)
+        norm_dtypes = [None if t is None else t.dtype for t in (emb, norm_weight, norm_bias)]
+        emb, norm_weight, norm_bias = (_cast(t, x.dtype) for t in (emb, norm_weight, norm_bias))
+        wanted = [t is not None and need for t, need in
+                  zip((x, skip, emb, norm_weight, norm_bias), ctx.needs_input_grad[:5])]
+        with torch.no_grad(), _without_autocast(x):
+            activation, mean, rstd = torch.ops.brainkernels.group_norm_silu(
+                x, skip, emb, None, None, norm_weight, norm_bias, num_groups, float(eps), "silu")
         dims = x.dim() - 2
         grad_activation, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_out, activation.detach().to(dtype), conv_weight.to(dtype),
+            grad_out.to(dtype), activation.to(dtype), conv_weight.to(dtype),
             None if conv_bias is None else [conv_bias.shape[0]], [1] * dims, [padding] * dims, [1] * dims, False,
             [0] * dims, 1, [any(wanted), ctx.needs_input_grad[5], conv_bias is not None and ctx.needs_input_grad[6]])
+        # The normalisation's backward needs the statistics, not the activation: free it first
+        # (one full-size tensor less at this block's backward peak).
+        del activation
         grads = [None] * 5
         if any(wanted):
-            inputs = [leaf for leaf, want in zip(leaves, wanted) if want]
-            computed = iter(torch.autograd.grad(activation, inputs, grad_activation.to(activation.dtype)))
-            grads = [next(computed) if want else None for want in wanted]
+            grad_input, grad_emb, _, _, grad_norm_weight, grad_norm_bias = \
+                torch.ops.brainkernels.group_norm_silu_backward(
+                    grad_activation.to(x.dtype), x, skip, emb, None, None, norm_weight, norm_bias, mean, rstd,
+                    num_groups, float(eps), "silu", wanted[0] or wanted[1])
+            del grad_activation
+            # x and skip enter as (x + skip) / 2: the op's input gradient is the gradient of each.
+            computed = (grad_input, grad_input, grad_emb, grad_norm_weight, grad_norm_bias)
+            grads = [grad if want else None for grad, want in zip(computed, wanted)]
+            grads[2:] = [None if g is None else g.to(d) for g, d in zip(grads[2:], norm_dtypes)]
         grad_weight = None if grad_weight is None else grad_weight.to(conv_weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(conv_bias.dtype)
         return (*grads, grad_weight, grad_bias, None, None, None)

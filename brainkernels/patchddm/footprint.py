@@ -11,16 +11,20 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from brainkernels.memory import Footprint, measure_peak
-from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, DiffusionUNet
+from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, DiffusionUNet, Recompute
 
 IN_CHANNELS = 8  # x_t, four MR sequences, three coordinates
 OURS, UNFUSED, MONAI = "brainkernels", "unfused PyTorch", "MONAI DiffusionModelUNet"
-# case: (volume edge, training step?), and the paper's Table 1 figure (GB) for it.
-CASES = {"training step, 128^3 patch": (128, True), "sampling step, 256^3": (256, False),
-         "FullRes training step, 256^3": (256, True)}
-PAPER_GB = {"training step, 128^3 patch": 10.6, "sampling step, 256^3": 24.0, "FullRes training step, 256^3": 78.5}
+FULLRES_RECOMPUTED = "FullRes training step, 256^3, recompute=all"
+# case: (volume edge, training step?, the U-Net's recompute mode), and the paper's Table 1 figure
+# (GB) for it. MONAI's network has no recomputation: it sits out the recomputed case.
+CASES = {"training step, 128^3 patch": (128, True, "none"), "sampling step, 256^3": (256, False, "none"),
+         "FullRes training step, 256^3": (256, True, "none"), FULLRES_RECOMPUTED: (256, True, "all")}
+PAPER_GB = {"training step, 128^3 patch": 10.6, "sampling step, 256^3": 24.0, "FullRes training step, 256^3": 78.5,
+            FULLRES_RECOMPUTED: 78.5}
 
 
 def build_unet(variant: str, channel_mult: tuple[int, ...] = PAPER_CHANNEL_MULT) -> nn.Module:
@@ -59,7 +63,28 @@ def paper_scale_footprints(variants: tuple[str, ...] = (OURS, UNFUSED, MONAI)) -
     rows = []
     for variant in variants:
         network = build_unet(variant).to(device=meta, dtype=torch.bfloat16)
-        for case, (side, train) in CASES.items():
+        for case, (side, train, recompute) in CASES.items():
+            if recompute != "none" and variant == MONAI:
+                continue
+            if variant != MONAI:
+                network.recompute = recompute
             peak = measure_peak(network_step(network, side, train, meta, torch.bfloat16), device=meta).peak_bytes
             rows.append(Footprint(case, variant, peak, int(PAPER_GB[case] * 1e9)))
     return rows
+
+
+def recomputed_forward_passes(recompute: Recompute, side: int, channel_mult: tuple[int, ...] = PAPER_CHANNEL_MULT
+                              ) -> float:
+    """The extra compute of a training step with ``recompute``, in forward passes of the network
+    (FLOPs counted on the meta device: the step's FLOPs minus those without recomputation, over
+    one forward pass's)."""
+    network = build_unet(OURS, channel_mult).to(device="meta", dtype=torch.bfloat16)
+
+    def flops(train: bool) -> int:
+        with FlopCounterMode(display=False) as counter:
+            network_step(network, side, train, torch.device("meta"), torch.bfloat16)()
+        return counter.get_total_flops()
+
+    stored = flops(True)
+    network.recompute = recompute
+    return (flops(True) - stored) / flops(False)

@@ -17,21 +17,32 @@ PyTorch (same parameters, same outputs), the baseline of the memory benchmarks.
 
 Inference (no grad) averages each skip into the decoder's tensor in place and frees it before the
 block runs, and the blocks never hold a full-size activation (see ``GroupNormSiLUConv``).
+
+Training can recompute (``recompute``, see :data:`RECOMPUTE`): a recomputed residual block or
+upsampling keeps only its inputs, which the U-Net holds anyway (the previous block's output and
+the skip), and runs its forward a second time in backward (``torch.utils.checkpoint``,
+non-reentrant, so it composes with the fused blocks, autocast and DDP). What it saves is the
+block's inner tensor (and the upsampling's interpolated input), one full-size tensor per unit.
+The skips themselves are never recomputed: the decoder needs them in the forward pass.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from brainkernels.nn.norm_act_conv import GroupNormSiLUConv
 
 PAPER_CHANNELS = 29
 PAPER_CHANNEL_MULT = (1, 3, 4, 4, 4, 4, 4)
+Recompute = Literal["none", "blocks", "all"]
+RECOMPUTE: tuple[Recompute, ...] = ("none", "blocks", "all")
 
 
 def timestep_embedding(timesteps: Tensor, channels: int, max_period: float = 10000.0) -> Tensor:
@@ -87,7 +98,7 @@ class DiffusionUNet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int = 1, channels: int = PAPER_CHANNELS,
                  channel_mult: Sequence[int] = PAPER_CHANNEL_MULT, blocks: int = 2, groups: int | None = None,
-                 fused: bool = True) -> None:
+                 fused: bool = True, recompute: Recompute = "none") -> None:
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
         groups = channels if groups is None else groups
@@ -99,6 +110,7 @@ class DiffusionUNet(nn.Module):
             raise ValueError(f"groups ({groups}) must divide every level's channels {widths}")
         self.size_multiple = 2 ** (len(channel_mult) - 1)
         self.channels = channels
+        self.recompute = recompute
         embedding_channels = 4 * channels
         self.time_embed = nn.Sequential(nn.Linear(channels, embedding_channels), nn.SiLU(),
                                         nn.Linear(embedding_channels, embedding_channels))
@@ -108,29 +120,57 @@ class DiffusionUNet(nn.Module):
 
         self.input_conv = nn.Conv3d(in_channels, channels, 3, padding=1)
         self.down = nn.ModuleList()
+        # Per level (0: full resolution): its down blocks, the stride-2 convolution to the next
+        # level, its up blocks and the upsampling back to the level above (the ModuleLists keep
+        # the parameter names of the flat layout).
+        levels = range(len(widths))
+        self._down_blocks: list[list[ResidualBlock]] = [[] for _ in levels]
+        self._downsample: list[nn.Conv3d] = []
+        self._up_blocks: list[list[ResidualBlock]] = [[] for _ in levels]
+        self._upsample: list[Upsample | None] = [None for _ in levels]
         skip_channels, width = [channels], channels
         for level, level_width in enumerate(widths):
             for _ in range(blocks):
                 self.down.append(block(width, level_width))
+                self._down_blocks[level].append(self.down[-1])
                 width = level_width
                 skip_channels.append(width)
             if level < len(widths) - 1:
                 self.down.append(nn.Conv3d(width, width, 3, stride=2, padding=1))
+                self._downsample.append(self.down[-1])
                 skip_channels.append(width)
         self.middle = nn.ModuleList([block(width, width), block(width, width)])
         self.up = nn.ModuleList()
-        for level in reversed(range(len(widths))):
+        for level in reversed(levels):
             for index in range(blocks + 1):
                 skip_channels.pop()
                 # The block's output must match the next skip it will be averaged with.
                 target = skip_channels[-1] if skip_channels else channels
                 self.up.append(block(width, target))
+                self._up_blocks[level].append(self.up[-1])
                 width = target
             if level > 0:
                 self.up.append(Upsample(width))
+                self._upsample[level] = self.up[-1]
         self.head = GroupNormSiLUConv(groups, width, out_channels, fused=fused)
         nn.init.zeros_(self.head.conv.weight)
         nn.init.zeros_(self.head.conv.bias)
+
+    @property
+    def recompute(self) -> Recompute:
+        return self._recompute
+
+    @recompute.setter
+    def recompute(self, value: Recompute) -> None:
+        if value not in RECOMPUTE:
+            raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE)}; got {value!r}")
+        self._recompute = value
+
+    def _unit(self, module: nn.Module, *inputs: Tensor | None) -> Tensor:
+        """A residual block or upsampling."""
+        if torch.is_grad_enabled() and self._recompute != "none":
+            return checkpoint(module, *inputs, use_reentrant=False)
+        return module(*inputs)
 
     def check_shape(self, shape: Sequence[int]) -> None:
         spatial = tuple(shape[2:])
@@ -141,21 +181,33 @@ class DiffusionUNet(nn.Module):
     def forward(self, x: Tensor, timesteps: Tensor) -> Tensor:
         self.check_shape(x.shape)
         emb = self.time_embed(timestep_embedding(timesteps, self.channels).to(x.dtype))
-        h = self.input_conv(x)
-        del x
-        skips = [h]
-        for module in self.down:
-            h = module(h, emb) if isinstance(module, ResidualBlock) else module(h)
+        return self.head(self._level(0, [self.input_conv(x)], emb))
+
+    def _level(self, level: int, skips: list[Tensor], emb: Tensor) -> Tensor:
+        """The U-Net from ``level`` down and back: ``skips`` holds only the tensor entering the
+        level (its first skip; passed in a list so that popping it frees it at inference)."""
+        h = skips[0]
+        for block in self._down_blocks[level]:
+            h = self._unit(block, h, emb)
             skips.append(h)
-        for module in self.middle:
-            h = module(h, emb)
-        for module in self.up:
-            if isinstance(module, ResidualBlock) and torch.is_grad_enabled():
-                h = module(h, emb, skips.pop())
-            elif isinstance(module, ResidualBlock):
+        if level + 1 == len(self._down_blocks):
+            for block in self.middle:
+                h = self._unit(block, h, emb)
+        elif torch.is_grad_enabled() and self._recompute == "all":
+            h = checkpoint(self._below, level + 1, self._downsample[level](h), emb, use_reentrant=False)
+        else:
+            h = self._below(level + 1, self._downsample[level](h), emb)
+        for block in self._up_blocks[level]:
+            if torch.is_grad_enabled():
+                h = self._unit(block, h, emb, skips.pop())
+            else:
                 # Inference: average into h's own memory (h is this loop's intermediate) and free
                 # the skip before the block runs.
-                h = module(h.add_(skips.pop()).mul_(0.5), emb)
-            else:
-                h = module(h)
-        return self.head(h)
+                h = block(h.add_(skips.pop()).mul_(0.5), emb)
+        return h
+
+    def _below(self, level: int, x: Tensor, emb: Tensor) -> Tensor:
+        """Levels ``level`` and deeper, upsampled to the level above."""
+        skips = [x]
+        del x  # the caller holds no reference either: at inference the skip is freed when popped
+        return self._unit(self._upsample[level], self._level(level, skips, emb))
