@@ -25,6 +25,10 @@ import triton.language as tl
 from torch import Tensor
 
 MIN_BLOCK, MAX_BLOCK = 16, 128
+# One software-pipelining stage: each stage holds a copy of a layer's weight tile and activation
+# block in shared memory, and at width 128 three stages (Triton's default) need 288 KiB, more than
+# an H100/H200 has (227 KiB per block); the loop over layers has nothing to overlap anyway.
+_STAGES = 1
 _ACT = {"wire": 0, "siren": 1, "relu": 2}
 
 
@@ -339,7 +343,7 @@ def forward(packed: Tensor, coords: Tensor | None, spec) -> Tensor:
         _forward_kernel[(triton.cdiv(count, block),)](
             packed, coords if coords is not None else packed, out, count, **_geometry(spec, coords),
             omega=spec.omega, scale=spec.scale, GRID=coords is None, **_constants(spec, block),
-            num_warps=8 if spec.width > 64 else 4,
+            num_warps=8 if spec.width > 64 else 4, num_stages=_STAGES,
         )
     return out
 
@@ -370,7 +374,7 @@ def backward(grad_out: Tensor, packed: Tensor, coords: Tensor | None, spec, coor
             **_geometry(spec, coords), g_stride0=strides[0], g_stride1=strides[1], g_stride2=strides[2],
             omega=spec.omega, scale=spec.scale, packed_size=packed.shape[0], GRID=coords is None,
             WEIGHT_GRADS=spec.weight_grads, COORDS_GRAD=bool(grad_coords.numel()), **constants,
-            num_warps=8 if spec.width > 64 else 4,
+            num_warps=8 if spec.width > 64 else 4, num_stages=_STAGES,
         )
     if num_partials > 1:
         grad_packed += partials.sum(0)
