@@ -150,6 +150,18 @@ def test_python_api_baselines(cohort, tmp_path, mode):
     assert len(written) == 10 and all(path.is_file() for path in written)
 
 
+def test_recomputation_changes_the_memory_not_the_training(cohort, tmp_path):
+    """A FullRes run with recompute=all ends with the same weights as one that stores everything."""
+    weights = {}
+    for recompute in ("none", "all"):
+        run = train(cohort, tmp_path / recompute, PatchDDMConfig(mode="full", recompute=recompute, **SMALL), quiet=True)
+        model, settings = load_trained(run)
+        assert settings.recompute == recompute
+        weights[recompute] = model.state_dict()
+    for name, value in weights["none"].items():
+        torch.testing.assert_close(weights["all"][name], value, rtol=0, atol=0, msg=name)
+
+
 def test_bad_input_gets_clear_errors(cohort, tmp_path):
     with pytest.raises(ValueError, match="'patch' must be a positive multiple of 4"):
         PatchDDMConfig(**{**SMALL, "patch": 10})

@@ -240,6 +240,12 @@ def test_paper_configuration_fits_the_memory_budgets(paper_unets, case, side, gr
     assert fused < unfused
 
 
+def test_sampling_at_256_in_float32_fits_12_gb():
+    unet = DiffusionUNet(8).to(device="meta", dtype=torch.float32)
+    peak = _peak(unet, 256, False, dtype=torch.float32)
+    assert peak <= 12e9, f"sampling step at 256^3 in float32: {peak / 1e9:.2f} GB > 12 GB"
+
+
 def test_fullres_training_with_recomputation_fits_a_12_gb_gpu():
     unet = DiffusionUNet(8).to(device="meta", dtype=torch.bfloat16)
     peaks = {}
