@@ -1,15 +1,11 @@
-"""Slice figures shared by the methods: three orthogonal slices through a point, an optional
-overlay (anomaly map, uncertainty) and optional label contours, written as PNG.
-
-Volumes are (D, H, W) in RAS orientation (D: left->right, H: posterior->anterior,
-W: inferior->superior), so slices are shown in radiological-free "neurological" convention:
-the subject's right on the right of the image, anterior/superior up.
-"""
+"""Slice figures shared by the methods: three orthogonal slices through a point inside the head,
+an optional overlay (anomaly map, probability, uncertainty) and optional outlines (segmentation,
+ground truth), in neurological convention with R/L, A/P, S/I at the edges, written as PNG."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -17,51 +13,76 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from brainkernels.data.atomic import atomic_path  # noqa: E402
+from brainkernels.data.orientation import VIEWS, mark_orientation, upright_slice  # noqa: E402
 
-VIEWS = ("axial", "coronal", "sagittal")
-
-
-def _slice(volume: np.ndarray, view: str, point: Sequence[int]) -> np.ndarray:
-    """The 2D slice through ``point``, transposed so that rows run top (anterior/superior) to bottom."""
-    d, h, w = point
-    plane = {"axial": volume[:, :, w], "coronal": volume[:, h, :], "sagittal": volume[d, :, :]}[view]
-    return np.flipud(plane.T)
+OUTLINE_COLOURS = ("tab:orange", "cyan", "tab:green", "magenta")
+SMOOTHING = 5
+"""Edge in voxels of the box the score is averaged over before its maximum is taken, so a single
+stray voxel (at the skull base, say) does not decide where the slices cut."""
 
 
 def _numpy(array) -> np.ndarray:
     return array.detach().float().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array, dtype=float)
 
 
-def orthogonal_slices(image, *, point: Sequence[int] | None = None, overlay=None, contours=None,
+def _nearest(region: np.ndarray, target: np.ndarray) -> tuple[int, int, int]:
+    voxels = np.argwhere(region)
+    return tuple(int(c) for c in voxels[np.argmin(((voxels - target) ** 2).sum(axis=1))])
+
+
+def figure_point(head, *, truth=None, score=None) -> tuple[int, int, int]:
+    """Where the slices cut, always a voxel of the ``head`` mask (D, H, W): the voxel of ``truth``
+    (a mask) nearest its centre of mass when it is known and not empty, else the maximum of the
+    smoothed ``score`` inside the head, else the head voxel nearest the head's centre."""
+    head = _numpy(head) > 0
+    if not head.any():
+        raise ValueError("figure_point: the head mask is empty")
+    if truth is not None and (inside := (_numpy(truth) > 0) & head).any():
+        return _nearest(inside, np.array(ndimage.center_of_mass(inside)))
+    if score is not None:
+        smoothed = ndimage.uniform_filter(np.where(head, _numpy(score), 0.0), size=SMOOTHING)
+        return tuple(int(c) for c in np.unravel_index(np.argmax(np.where(head, smoothed, -np.inf)), head.shape))
+    return _nearest(head, np.array(ndimage.center_of_mass(head)))
+
+
+def orthogonal_slices(image, *, point: Sequence[int], overlay=None, outlines: Mapping[str, object] | None = None,
                       title: str = "", overlay_label: str = "", image_range: tuple[float, float] | None = None,
                       overlay_range: tuple[float, float] | None = None, cmap: str = "hot") -> plt.Figure:
     """A figure with the axial, coronal and sagittal slices of ``image`` (D, H, W) through ``point``
-    (default: the centre), ``overlay`` blended in colour and ``contours`` (a label map) outlined."""
+    (see ``figure_point``), ``overlay`` blended in colour with its colour bar, and each mask of
+    ``outlines`` (name: mask) outlined in its own colour, named in a legend."""
     image = _numpy(image)
-    point = tuple(int(p) for p in (point if point is not None else np.array(image.shape) // 2))
-    figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor="black")
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.6), facecolor="black")
     low, high = image_range if image_range is not None else np.percentile(image, [1, 99.5])
     overlay = _numpy(overlay) if overlay is not None else None
     if overlay is not None and overlay_range is None:
         overlay_range = (float(np.percentile(overlay, 50)), float(overlay.max()) or 1.0)
+    outlines = {name: _numpy(mask) > 0 for name, mask in (outlines or {}).items()}
+    colours = dict(zip(outlines, OUTLINE_COLOURS))
     for axis, view in zip(axes, VIEWS):
-        axis.imshow(_slice(image, view, point), cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        axis.imshow(upright_slice(image, view, point), cmap="gray", vmin=low, vmax=high, interpolation="nearest")
         if overlay is not None:
-            shown = np.ma.masked_less(_slice(overlay, view, point), overlay_range[0])
+            shown = np.ma.masked_less(upright_slice(overlay, view, point), overlay_range[0])
             mappable = axis.imshow(shown, cmap=cmap, vmin=overlay_range[0], vmax=overlay_range[1], alpha=0.6,
                                    interpolation="nearest")
-        if contours is not None:
-            labels = _slice(_numpy(contours), view, point)
-            for value in np.unique(labels[labels > 0]):
-                axis.contour(labels == value, levels=[0.5], colors=[plt.cm.tab10(int(value) % 10)], linewidths=1)
+        for name, mask in outlines.items():
+            plane = upright_slice(mask, view, point)
+            if plane.any():
+                axis.contour(plane, levels=[0.5], colors=[colours[name]], linewidths=1.2)
+        mark_orientation(axis, view)
         axis.set_title(view, color="white")
         axis.axis("off")
     if overlay is not None:
         bar = figure.colorbar(mappable, ax=axes, fraction=0.02, pad=0.01)
         bar.set_label(overlay_label, color="white")
         bar.ax.tick_params(colors="white")
+    if outlines:
+        figure.legend([Line2D([], [], color=colours[name]) for name in outlines], [f"outline: {name}" for name in outlines],
+                      loc="lower center", ncol=len(outlines), frameon=False, labelcolor="white")
     if title:
         figure.suptitle(title, color="white")
     return figure

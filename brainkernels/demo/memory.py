@@ -32,19 +32,22 @@ def measure(stages: Stages) -> dict[str, list[Footprint]]:
 
 
 def _figure(tables: dict[str, list[Footprint]]) -> plt.Figure:
-    labels, ours, paper, others = [], [], [], []
+    labels, ours, paper, others, drawn = [], [], [], [], []
     for method, rows in tables.items():
         for case in dict.fromkeys(row.case for row in rows):
             chosen = [row for row in rows if row.case == case]
             labels.append(f"{method}: {case}")
             ours.append(chosen[0].peak_bytes / GB)
-            others.append(max(row.peak_bytes for row in chosen[1:]) / GB)
+            largest = max(chosen[1:], key=lambda row: row.peak_bytes)
+            others.append(largest.peak_bytes / GB)
+            drawn.append(largest.variant.split()[0])  # AE, unfused, reference, MONAI
             paper.append((chosen[0].paper_bytes or 0) / GB)  # the paper's figure for its version of our method
     figure, axis = plt.subplots(figsize=(9, 0.55 * len(labels) + 1.5))
     positions = range(len(labels))
     height = 0.27
     axis.barh([p - height for p in positions], ours, height, label="brainkernels", color="tab:green")
-    axis.barh(list(positions), others, height, label="largest peer (unfused / reference / MONAI / AE)",
+    # Name only the peers whose bars are drawn (MONAI's only where it is installed).
+    axis.barh(list(positions), others, height, label=f"largest other ({' / '.join(dict.fromkeys(drawn))})",
               color="tab:grey")
     axis.barh([p + height for p in positions], [value or float("nan") for value in paper], height,
               label="the paper's figure for the same method", color="tab:orange")
@@ -73,7 +76,11 @@ def section(tables: dict[str, list[Footprint]], out: Path) -> Section:
             rows.append((method, row.case, row.variant, f"{row.peak_bytes / GB:.2f}",
                          f"{row.peak_bytes / ours.peak_bytes:.1f}x",
                          f"{row.paper_bytes / GB:.1f}" if row.paper_bytes else ""))
-    result.table(("method", "workload", "implementation", "peak GB", "vs first row", "paper GB"), rows)
+    result.table(("method", "workload", "implementation", "peak GB (10^9 bytes)", "vs first row", "paper GB"), rows)
+    if patchddm_footprint.MONAI not in _patchddm_variants():
+        result.text(f"No {patchddm_footprint.MONAI} rows: MONAI is not installed here (it is a test dependency, "
+                    "not a dependency of brainkernels). `pip install monai einops` (or `pip install \".[test]\"` "
+                    "in the source tree) adds them.")
     save_figure(_figure(tables), out / "memory.png")
     result.image(out / "memory.png", "Peak memory of each workload: brainkernels, the largest peer, the paper")
     result.text("The training, sampling and INR rows also come from `pytest benchmarks -k memory` (pytest-benchmark).")

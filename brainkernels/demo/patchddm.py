@@ -37,7 +37,8 @@ def run(settings: DemoSettings, out: Path, stages: Stages, quiet: bool) -> Secti
     section.image(evaluation / "dice_vs_ensemble.png", "Dice and HD95 against the ensemble size")
     subject = sorted((evaluation / "figures").glob("*_segmentation.png"))[0].name.removesuffix("_segmentation.png")
     section.image(evaluation / "figures" / f"{subject}_segmentation.png",
-                  f"{subject}: mean tumour probability of the ensemble, mask outline and missed tumour")
+                  f"{subject}: mean tumour probability of the ensemble, the segmentation's and the true tumour's "
+                  "outlines, slices through the true tumour (neurological convention)")
     section.image(evaluation / "figures" / f"{subject}_uncertainty.png",
                   f"{subject}: variance over the ensemble members (the uncertainty)")
     section.text("Commands: `" + cohorts.command("brats", settings.mr, "mr") + "`, `brainkernels patchddm train "

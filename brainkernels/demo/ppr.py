@@ -32,7 +32,8 @@ def run(settings: DemoSettings, out: Path, stages: Stages, quiet: bool) -> Secti
     with stages("PPR evaluation"):
         aurocs = evaluate(run_dir, data, out / "ppr" / "evaluation", device=config.device, quiet=quiet)
     with stages("PPR anomaly maps"):
-        maps = [detect(run_dir, scan.path, out / "ppr" / "maps", device=config.device, quiet=quiet)[0]
+        maps = [detect(run_dir, scan.path, out / "ppr" / "maps", device=config.device, masks=data / "masks",
+                       quiet=quiet)[0]
                 for scan in _examples(data, config.split_seed)]
 
     section.text(f"A network of size m={config.m} learns where a {config.patch}^3 patch of a healthy head CT "
@@ -49,7 +50,8 @@ def run(settings: DemoSettings, out: Path, stages: Stages, quiet: bool) -> Secti
     for path in maps:
         name = path.name.removesuffix("_anomaly.nii.gz")
         section.image(path.with_name(f"{name}_anomaly.png"),
-                      f"{name}: the highest tenth of the anomaly map over the scan, slices through its maximum")
+                      f"{name}: the highest tenth of the anomaly map over the scan, slices through the true finding "
+                      "(outlined); neurological convention, the subject's right on the right")
     section.text("PPR needs long training before lesions stand out: the paper trains each model for about "
                  "22 hours on a GPU. Runs this short show the "
                  "pipeline, not a useful detector (on a 96^3 cohort, 36000 steps on one CPU core, 2.7 hours, "
@@ -58,5 +60,5 @@ def run(settings: DemoSettings, out: Path, stages: Stages, quiet: bool) -> Secti
     section.text("Commands: `" + cohorts.command("cq500", settings.ct, "ct") + "`, `brainkernels ppr train "
                  f"--data ct --out run --m {config.m} --patch {config.patch} --patches-per-step "
                  f"{config.patches_per_step} --lr {config.lr:g} --steps {config.steps}`, `brainkernels ppr "
-                 "evaluate --model run --data ct`, `brainkernels ppr detect --model run --input ct/scans --out maps`.")
+                 "evaluate --model run --data ct`, `brainkernels ppr detect --model run --input ct/scans --masks ct/masks --out maps`.")
     return section

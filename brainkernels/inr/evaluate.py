@@ -5,7 +5,6 @@ evaluates each on the same test pairs."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.data.atomic import write_csv
 from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
 from brainkernels.data.preprocess import foreground_mask
 from brainkernels.data.volume import Volume, load_nifti
@@ -23,6 +22,7 @@ from brainkernels.inr.figures import head_circumference_plot
 from brainkernels.inr.infer import FIT_STEPS, decode, fit_latent
 from brainkernels.inr.train import INRConfig, TrainedINR, load_trained, split_test_subjects, train
 from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
+from brainkernels.metrics.undefined import Undefined
 from brainkernels.runtime import setup, teardown
 from brainkernels.runtime.inference import run_cohort
 
@@ -69,20 +69,18 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     """Mean PSNR, SSIM, MAE; σ (cm) of the HC error and Pearson r of predicted against true HC."""
     true = np.array([row["hc_true_cm"] for row in rows])
     predicted = np.array([row["hc_predicted_cm"] for row in rows])
-    # Two points always correlate perfectly: r needs three pairs or more.
-    correlated = len(rows) > 2 and np.ptp(true) > 0 and np.ptp(predicted) > 0
+    if len(rows) < 3:  # two points always correlate perfectly
+        correlation = Undefined("needs ≥ 3 held-out babies")
+    elif np.ptp(true) == 0 or np.ptp(predicted) == 0:
+        correlation = Undefined("head circumferences all equal")
+    else:
+        correlation = float(stats.pearsonr(predicted, true).statistic)
     return {
         **{key: float(np.mean([row[key] for row in rows])) for key in ("psnr", "ssim", "mae")},
-        "hc_sigma_cm": float(np.std(predicted - true, ddof=1)) if len(rows) > 1 else float("nan"),
-        "hc_r": float(stats.pearsonr(predicted, true).statistic) if correlated else float("nan"),
+        "hc_sigma_cm": float(np.std(predicted - true, ddof=1)) if len(rows) > 1
+        else Undefined("needs ≥ 2 held-out babies"),
+        "hc_r": correlation,
     }
-
-
-def _write_csv(rows: list[dict], path: Path) -> None:
-    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _pair_rows(run_dir, data, *, fit_steps: int | None, fit_voxels: int | None, device: str,
@@ -108,9 +106,9 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
     out = Path(out) if out is not None else Path(run_dir) / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
-    _write_csv(rows, out / "pairs.csv")
-    _write_csv([summary], out / "summary.csv")
-    head_circumference_plot({Path(run_dir).name: rows}, out / "head_circumference.png")
+    write_csv(out / "pairs.csv", rows)
+    write_csv(out / "summary.csv", [summary])
+    head_circumference_plot({"INR": rows}, out / "head_circumference.png")
     return summary
 
 
@@ -127,11 +125,12 @@ def ablation(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfi
         run = train(data, out / name, variant, quiet=quiet)
         rows[name] = _pair_rows(run, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=settings.device,
                                    quiet=quiet)
-        _write_csv(rows[name], run / "pairs.csv")
+        write_csv(run / "pairs.csv", rows[name])
         results[name] = summarise(rows[name])
-    _write_csv([{"variant": name, "ssl": ABLATION[name][0], "sgla": ABLATION[name][1], **summary}
-                for name, summary in results.items()], out / "ablation.csv")
-    head_circumference_plot(rows, out / "head_circumference.png")
+    write_csv(out / "ablation.csv", [{"variant": name, "ssl": ABLATION[name][0], "sgla": ABLATION[name][1], **summary}
+                                     for name, summary in results.items()])
+    head_circumference_plot({f"SSL {'on' if ABLATION[name][0] else 'off'}, SGLA {'on' if ABLATION[name][1] else 'off'}":
+                             variant_rows for name, variant_rows in rows.items()}, out / "head_circumference.png")
     return results
 
 

@@ -12,40 +12,41 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from brainkernels.data.orientation import mark_orientation, upright, upright_slice  # noqa: E402
 from brainkernels.figures import save_figure  # noqa: E402
 
 
-def _upright(plane: np.ndarray) -> np.ndarray:
-    """A (left-right, back-front or foot-head) RAS plane with anterior/superior up, right on the right."""
-    return np.flipud(plane.T)
+def sequence_figure(images: Sequence[Tensor], ages_weeks: Sequence[float], title: str = "") -> plt.Figure:
+    """One column per age: the axial slice through the centre and, for volumes, the sagittal one
+    (the sagittal view shows the head growing from front to back and top to bottom); neurological
+    convention, with the edges lettered and the intensity's colour bar."""
+    volumes = [image.detach().float().cpu().numpy() for image in images]
+    views = ["axial", "sagittal"] if volumes[0].ndim == 3 else ["axial"]
+    figure, axes = plt.subplots(len(views), len(volumes), figsize=(2.2 * len(volumes) + 0.8, 2.4 * len(views)),
+                                facecolor="black", squeeze=False)
+    for column, (volume, age) in enumerate(zip(volumes, ages_weeks)):
+        for row, view in enumerate(views):
+            plane = upright(volume) if volume.ndim == 2 else upright_slice(volume, view, np.array(volume.shape) // 2)
+            shown = axes[row, column].imshow(plane, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            mark_orientation(axes[row, column], view)
+            axes[row, column].axis("off")
+        axes[0, column].set_title(f"{age:g} weeks", color="white")
+    bar = figure.colorbar(shown, ax=axes, fraction=0.02, pad=0.01)
+    bar.set_label("T2 intensity (normalised)", color="white")
+    bar.ax.tick_params(colors="white")
+    if title:
+        figure.suptitle(title, color="white", y=1.04)  # above the age titles
+    return figure
 
 
 def sequence_montage(images: Sequence[Tensor], ages_weeks: Sequence[float], path: str | os.PathLike,
                      title: str = "") -> None:
-    """One column per age: the axial slice through the centre and, for volumes, the sagittal one
-    (the sagittal view shows the head growing from front to back and top to bottom)."""
-    volumes = [image.detach().float().cpu().numpy() for image in images]
-    views = ["axial", "sagittal"] if volumes[0].ndim == 3 else ["axial"]
-    figure, axes = plt.subplots(len(views), len(volumes), figsize=(2.2 * len(volumes), 2.4 * len(views)),
-                                facecolor="black", squeeze=False)
-    for column, (volume, age) in enumerate(zip(volumes, ages_weeks)):
-        for row, view in enumerate(views):
-            if volume.ndim == 2:
-                plane = volume
-            elif view == "axial":
-                plane = volume[:, :, volume.shape[2] // 2]
-            else:
-                plane = volume[volume.shape[0] // 2]
-            axes[row, column].imshow(_upright(plane), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            axes[row, column].axis("off")
-        axes[0, column].set_title(f"{age:g} weeks", color="white")
-    if title:
-        figure.suptitle(title, color="white")
-    save_figure(figure, path)
+    """Write ``sequence_figure`` as PNG."""
+    save_figure(sequence_figure(images, ages_weeks, title), path)
 
 
 def head_circumference_plot(results: dict[str, Sequence[dict]], path: str | os.PathLike) -> None:
-    """Per model (panel), the true (circles) and predicted (crosses) head circumference of each
+    """Per model (panel, titled with its name and number of babies), the true (circles) and predicted (crosses) head circumference of each
     test pair against the age predicted, with least-squares lines: a model that ignores the age
     input has a flat red line."""
     figure, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.6), sharey=True, squeeze=False)
@@ -60,7 +61,7 @@ def head_circumference_plot(results: dict[str, Sequence[dict]], path: str | os.P
                 span = np.array([ages.min(), ages.max()])
                 axis.plot(span, slope * span + intercept, color=colour, linewidth=1,
                           label=f"slope {slope:.2f} cm/week")
-        axis.set_title(name)
+        axis.set_title(f"{name}: {len(rows)} held-out {'baby' if len(rows) == 1 else 'babies'}")
         axis.set_xlabel("postmenstrual age (weeks)")
         axis.legend(fontsize=7)
     axes[0, 0].set_ylabel("head circumference (cm)")

@@ -3,7 +3,7 @@ Hausdorff distance in mm (as BraTS and MONAI's ``compute_hausdorff_distance(perc
 define it; the tests check the numbers against MONAI).
 
 Empty masks: Dice is 1 when both masks are empty and 0 when only one is; HD95 is 0 when both are
-empty and NaN when only one is (no surface to measure from), which tables report as "nan".
+empty and undefined (NaN, printed with its reason) when only one is (no surface to measure from).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from brainkernels.metrics.undefined import Undefined
 
 
 def _binary(mask, name: str) -> np.ndarray:
@@ -43,7 +45,7 @@ def hausdorff95(prediction, truth, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -
     if not p.any() and not t.any():
         return 0.0
     if not p.any() or not t.any():
-        return float("nan")
+        return Undefined("one mask is empty")
     surface_p, surface_t = _surface(p), _surface(t)
     to_t = ndimage.distance_transform_edt(~surface_t, sampling=spacing)
     to_p = ndimage.distance_transform_edt(~surface_p, sampling=spacing)

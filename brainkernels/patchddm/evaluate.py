@@ -12,14 +12,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 from brainkernels.data.atomic import write_csv  # noqa: E402
 from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject  # noqa: E402
 from brainkernels.data.volume import Volume, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
-from brainkernels.figures import orthogonal_slices, save_figure  # noqa: E402
+from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
 from brainkernels.metrics.segmentation import dice, hausdorff95  # noqa: E402
+from brainkernels.metrics.undefined import Undefined  # noqa: E402
 from brainkernels.patchddm.data import prepare_subject  # noqa: E402
 from brainkernels.patchddm.infer import Segmentation, sample_members  # noqa: E402
 from brainkernels.patchddm.train import load_trained, split_subjects  # noqa: E402
@@ -40,29 +40,23 @@ def input_subjects(path: str | os.PathLike) -> list[BraTSSubject]:
     return read_brats(path)
 
 
-def _figure_point(probability: torch.Tensor) -> tuple[int, ...] | None:
-    """The centre of mass of the segmentation, or None (the volume centre) if it is empty."""
-    if probability.max() <= 0.5:
-        return None
-    return tuple(int(round(c)) for c in ndimage.center_of_mass((probability > 0.5).numpy()))
-
-
 def write_figures(out: Path, subject_id: str, image: torch.Tensor, segmentation: Segmentation,
                   truth: torch.Tensor | None = None) -> None:
     """``<id>_segmentation.png`` (mean probability, the mask's and the truth's outlines) and
-    ``<id>_uncertainty.png`` (ensemble variance) on the FLAIR slices through the segmentation."""
+    ``<id>_uncertainty.png`` (ensemble variance) on the FLAIR slices through the true tumour when
+    it is known, else through the most probable tumour inside the head."""
     mean, variance, mask = segmentation.mean(), segmentation.variance(), segmentation.mask()
-    point = _figure_point(mean)
-    contours = mask.long() if truth is None else mask.long() + 2 * (truth > 0.5).long() * (1 - mask.long())
+    head = (image != 0).any(dim=0)  # normalised MR: the background is exactly 0
+    point = figure_point(head, truth=truth, score=mean)
+    outlines = {"segmentation (mean > 0.5)": mask} | ({"true tumour": truth > 0.5} if truth is not None else {})
     members = segmentation.members.shape[0]
-    save_figure(orthogonal_slices(image[FIGURE_CHANNEL], point=point, overlay=mean, contours=contours,
+    save_figure(orthogonal_slices(image[FIGURE_CHANNEL], point=point, overlay=mean, outlines=outlines,
                                   overlay_label="tumour probability", overlay_range=(0.2, 1.0),
-                                  title=f"{subject_id}: mean of {members} member(s)"
-                                        + (" (orange: mask outline, green: tumour the mask missed)" if truth is not None else "")),
+                                  title=f"{subject_id}: mean tumour probability of {members} member(s), FLAIR"),
                 out / f"{subject_id}_segmentation.png")
-    save_figure(orthogonal_slices(image[FIGURE_CHANNEL], point=point, overlay=variance, contours=mask.long(),
+    save_figure(orthogonal_slices(image[FIGURE_CHANNEL], point=point, overlay=variance, outlines=outlines,
                                   overlay_label="ensemble variance", overlay_range=(0.005, max(0.25, float(variance.max()))),
-                                  cmap="viridis", title=f"{subject_id}: uncertainty over {members} member(s)"),
+                                  cmap="viridis", title=f"{subject_id}: uncertainty over {members} member(s), FLAIR"),
                 out / f"{subject_id}_uncertainty.png")
 
 
@@ -119,10 +113,12 @@ def _summary(rows: list[dict]) -> list[dict]:
         chosen = [row for row in rows if (row["steps"], row["ensemble"]) == key]
         dices = np.array([row["dice"] for row in chosen])
         distances = np.array([row["hd95_mm"] for row in chosen])
+        measured = np.isfinite(distances).any()
+        undefined = Undefined("no subject had both a segmentation and a tumour")
         summary.append({"steps": key[0], "ensemble": key[1], "subjects": len(chosen),
                         "dice_mean": dices.mean(), "dice_std": dices.std(),
-                        "hd95_mean_mm": np.nanmean(distances) if np.isfinite(distances).any() else float("nan"),
-                        "hd95_std_mm": np.nanstd(distances) if np.isfinite(distances).any() else float("nan")})
+                        "hd95_mean_mm": np.nanmean(distances) if measured else undefined,
+                        "hd95_std_mm": np.nanstd(distances) if measured else undefined})
     return summary
 
 

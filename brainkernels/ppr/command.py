@@ -11,7 +11,7 @@ def _detect(arguments: argparse.Namespace) -> int:
     from brainkernels.ppr.evaluate import detect
 
     written = detect(arguments.model, arguments.input, arguments.out, mode=arguments.mode, tile=arguments.tile,
-                     device=arguments.device, quiet=arguments.quiet)
+                     device=arguments.device, masks=arguments.masks, quiet=arguments.quiet)
     print(f"wrote {len(written)} anomaly map(s) with PNG overlays to {arguments.out}")
     return 0
 
@@ -54,6 +54,9 @@ def register_command(commands) -> None:
     _inference_options(detect)
     detect.add_argument("--input", required=True, help="a .nii/.nii.gz scan or a folder of them")
     detect.add_argument("--out", required=True, help="output folder")
+    detect.add_argument("--masks", default=None, metavar="FOLDER",
+                        help="voxel masks <name>.nii.gz of the scans (0 none, 1 haemorrhage, 2 fracture; synthetic "
+                             "cohorts have them): the figures cut through the findings and outline them")
     detect.set_defaults(run=_detect)
 
     evaluate = verbs.add_parser("evaluate", help="per-structure ROC/AUROC on the held-out scans",

@@ -17,10 +17,12 @@ import torch  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from brainkernels.data.atomic import write_csv  # noqa: E402
-from brainkernels.data.layouts.cq500 import load_cq500_structures, read_cq500  # noqa: E402
+from brainkernels.data.layouts.common import load_label_map  # noqa: E402
+from brainkernels.data.layouts.cq500 import MASK_MEANING, load_cq500_structures, read_cq500  # noqa: E402
 from brainkernels.data.volume import Volume, is_nifti, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
-from brainkernels.figures import orthogonal_slices, save_figure  # noqa: E402
+from brainkernels.metrics.undefined import Undefined  # noqa: E402
+from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
 from brainkernels.ppr import healthy_reference, reference_grid  # noqa: E402
 from brainkernels.ppr.data import prepare  # noqa: E402
 from brainkernels.ppr.healthy_reference import error_maps  # noqa: E402
@@ -50,19 +52,50 @@ def _input_files(path: Path) -> list[Path]:
     return files
 
 
+def _true_findings(masks: Path | None, scan) -> dict[str, torch.Tensor]:
+    """The scan's voxel masks of haemorrhage and fracture from ``masks/<name>.nii.gz``, when given."""
+    if masks is None or not (path := masks / f"{scan.name}.nii.gz").is_file():
+        return {}
+    labels = load_label_map(path, {0, 1, 2}, MASK_MEANING).data[0]
+    if labels.shape != scan.mask.shape:
+        raise BrainkernelsError(f"{path}: mask of shape {tuple(labels.shape)} does not match its scan "
+                                f"{tuple(scan.mask.shape)}")
+    return {name: labels == value for name, value in (("true haemorrhage", 1), ("true fracture", 2))
+            if (labels == value).any()}
+
+
+def anomaly_figure(scan, error: torch.Tensor, label: str, unit: str, truth: dict[str, torch.Tensor],
+                   warning: str | None = None) -> plt.Figure:
+    """The scan's slices through its true finding when known, else through the map's (smoothed)
+    maximum inside the head, with the highest tenth of the head's errors over them."""
+    union = torch.stack(list(truth.values())).any(0) if truth else None
+    point = figure_point(scan.mask, truth=union, score=error)
+    # Show the highest tenth of the head's errors, so the scan stays visible under them.
+    low = float(torch.quantile(error[scan.mask][:1_000_000], 0.9))
+    return orthogonal_slices(scan.volume.data[0], point=point, overlay=error, outlines=truth,
+                             overlay_label=f"{label} ({unit})" if unit else label,
+                             overlay_range=(low, max(float(error.max()), low + 1e-6)),
+                             title=f"{scan.name}: PPR anomaly map, {label} (maximum {float(error.max()):.3g}"
+                                   + (f" {unit})" if unit else ")") + (f"\n{warning}" if warning else ""))
+
+
 def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.PathLike, *,
            mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
-           quiet: bool = False) -> list[Path]:
-    """Write ``<name>_anomaly.nii.gz`` (input geometry) and ``<name>_anomaly.png`` for each input scan."""
+           masks: str | os.PathLike | None = None, quiet: bool = False) -> list[Path]:
+    """Write ``<name>_anomaly.nii.gz`` (input geometry) and ``<name>_anomaly.png`` for each input scan.
+    ``masks``: a folder of voxel masks ``<name>.nii.gz`` (0 none, 1 haemorrhage, 2 fracture) whose
+    findings the figures cut through and outline."""
     distributed = setup(device)
     try:
         model, _ = load_trained(run_dir, distributed.device)
         run = RunFolder(run_dir)
         training = reference_grid.load_footprints(run)
         reference = _healthy_reference(run)
-        label = "position error" if reference is None else "error vs healthy (SD)"
+        label, unit = ("position error", "") if reference is None else ("error vs healthy scans", "SD")
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        if masks is not None and not Path(masks).is_dir():
+            raise BrainkernelsError(f"--masks {masks}: no such folder")
 
         def one(path: Path) -> Path:
             scan = prepare(path)
@@ -75,14 +108,8 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
             error = next(iter(maps.values())) * scan.mask
             target = out / f"{scan.name}_anomaly.nii.gz"
             save_nifti(Volume(error[None], scan.volume.affine), target)
-            peak = np.unravel_index(int(error.argmax()), error.shape)
-            # Show the highest tenth of the head's errors, so the scan stays visible under them.
-            low = float(torch.quantile(error[scan.mask][:1_000_000], 0.9))
-            figure = orthogonal_slices(scan.volume.data[0], point=peak, overlay=error, overlay_label=label,
-                                       overlay_range=(low, max(float(error.max()), low + 1e-6)),
-                                       title=f"{scan.name}: PPR anomaly map, {label} (max {error.max():.3g})"
-                                       + (f"\n{warning}" if warning else ""))
-            save_figure(figure, out / f"{scan.name}_anomaly.png")
+            truth = _true_findings(None if masks is None else Path(masks), scan)
+            save_figure(anomaly_figure(scan, error, label, unit, truth, warning), out / f"{scan.name}_anomaly.png")
             return target
 
         return run_cohort(_input_files(Path(inputs)), one, distributed, description="anomaly maps", quiet=quiet,
@@ -112,10 +139,11 @@ def _structure_scores(maps: dict[str, torch.Tensor], normalised: dict[str, torch
         kind = "ppr" if "ppr" in maps else ae_filter
         region = structures == label
         present = bool(region.any())
-        scores[MAX_ERROR][name] = float(maps[kind][region].max()) if present else float("nan")
+        absent = Undefined(f"no label {label} in structures.nii.gz")
+        scores[MAX_ERROR][name] = float(maps[kind][region].max()) if present else absent
         if normalised is not None:
             scores[VS_HEALTHY][name] = healthy_reference.structure_score(normalised[kind], region) if present \
-                else float("nan")
+                else absent
     return scores
 
 
@@ -127,7 +155,9 @@ def _roc_figure(curves: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, floa
                   linestyle="-" if score == VS_HEALTHY else "--", label=f"{name}, {score} (AUROC {auroc:.3f})")
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     axis.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    axis.legend(loc="lower right", fontsize="small")
+    # Below the axes: inside, six entries covered a quarter of the curves.
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize="small", ncol=1, frameon=False)
+    figure.tight_layout()
     return figure
 
 
@@ -175,7 +205,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
                     truth = np.array([row[label] for row in rows])
                     values = np.array([row[_score_column(label, score)] for row in rows])
                     if truth.min() == truth.max():  # ROC needs both classes
-                        aurocs[score][name] = float("nan")
+                        aurocs[score][name] = Undefined("needs held-out scans with and without it")
                         continue
                     aurocs[score][name] = float(roc_auc_score(truth, values))
                     false_positive, true_positive, _ = roc_curve(truth, values)

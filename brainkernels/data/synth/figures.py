@@ -2,7 +2,8 @@
 of finding, a BraTS-style subject with its labels, and one neonate at three ages.
 
 Slices are axial, coronal and sagittal through the finding's centre (the brain's centre for the
-neonate), drawn in neurological convention: the subject's left on the left of each panel.
+neonate), drawn in neurological convention (the subject's right on the right of each panel)
+with R/L, A/P and S/I at the edges.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from brainkernels.data.atomic import atomic_path
+from brainkernels.data.orientation import VIEWS, mark_orientation
 from brainkernels.data.synth.ct import HeadFindings, draw_fracture, draw_haemorrhage, render_ct
 from brainkernels.data.synth.mr import MODALITIES, SEG_LABELS, draw_tumour, render_brats
 from brainkernels.data.synth.neonatal import render_neonate
@@ -22,7 +24,6 @@ from brainkernels.data.synth.subject import draw_subject
 
 FIGURE_NAMES = ("ct_findings.png", "brats_subject.png", "neonate_development.png")
 NEONATAL_FIGURE_AGES = (28.0, 34.0, 40.0)
-_VIEWS = ("axial", "coronal", "sagittal")
 _BRAIN_WINDOW = (0.0, 80.0)  # Hounsfield units: level 40, width 80
 _BONE_WINDOW = (-500.0, 2000.0)
 _LABEL_COLOURS = {SEG_LABELS["necrosis"]: "red", SEG_LABELS["oedema"]: "limegreen", SEG_LABELS["enhancing"]: "gold"}
@@ -54,7 +55,7 @@ def _ct_figure(rng: np.random.Generator, shape: int) -> Figure:
         scan = render_ct(draw_subject(int(rng.integers(2**31))), findings, shape)
         image, mask = scan.image.data[0].numpy(), scan.mask.data[0].numpy()
         window = _BRAIN_WINDOW if findings.haemorrhages else _BONE_WINDOW
-        for column, view in enumerate(_VIEWS):
+        for column, view in enumerate(VIEWS):
             axis = axes[row, column]
             _panel(axis, _slice(image, mask > 0, view), window, f"{title}, {view}" if column == 0 else view, view)
             axis.contour(_slice(mask, mask > 0, view).T, levels=[0.5], colors="red", linewidths=0.8)
@@ -66,7 +67,7 @@ def _brats_figure(rng: np.random.Generator, shape: int) -> Figure:
     seg = scan.seg.data[0].numpy()
     figure = Figure(figsize=(14, 8.5), facecolor="black")
     axes = figure.subplots(3, len(MODALITIES) + 1)
-    for row, view in enumerate(_VIEWS):
+    for row, view in enumerate(VIEWS):
         for column, modality in enumerate(MODALITIES):
             image = scan.images[modality].data[0].numpy()
             window = (0.0, float(np.percentile(image[image > 0], 99.5)))
@@ -89,7 +90,7 @@ def _neonate_figure(rng: np.random.Generator, shape: int) -> Figure:
     for column, age in enumerate(NEONATAL_FIGURE_AGES):
         scan = render_neonate(subject, age, shape)
         image, brain = scan.t2.data[0].numpy(), scan.brain_mask.data[0].numpy() > 0
-        for row, view in enumerate(_VIEWS):
+        for row, view in enumerate(VIEWS):
             _panel(axes[row, column], _slice(image, brain, view), (0.0, 1100.0), f"{age:g} weeks, {view}", view)
     return figure
 
@@ -109,9 +110,7 @@ def _panel(axis, section: np.ndarray, window: tuple[float, float], title: str, v
     axis.imshow(section.T, origin="lower", cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
     axis.set_title(title, color="white", fontsize=8)
     axis.set_axis_off()
-    if view != "sagittal":
-        axis.text(0.01, 0.5, "L", color="yellow", fontsize=8, transform=axis.transAxes, va="center")
-        axis.text(0.99, 0.5, "R", color="yellow", fontsize=8, transform=axis.transAxes, va="center", ha="right")
+    mark_orientation(axis, view)
 
 
 def _save(figure: Figure, path: Path) -> Path:
