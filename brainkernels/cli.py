@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 
 from brainkernels.errors import BrainkernelsError
@@ -49,16 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    try:
-        return arguments.run(arguments)
-    except USER_ERRORS as error:
-        if arguments.debug:
-            raise
-        print(f"brainkernels {arguments.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("brainkernels: interrupted", file=sys.stderr)
-        return 130
+    from brainkernels.runtime.distributed import is_main_process
+
+    with contextlib.ExitStack() as silenced:
+        if not is_main_process():  # under torchrun every rank runs the command: rank 0 alone prints its result
+            silenced.enter_context(contextlib.redirect_stdout(silenced.enter_context(open(os.devnull, "w"))))
+        try:
+            return arguments.run(arguments)
+        except USER_ERRORS as error:
+            if arguments.debug:
+                raise
+            print(f"brainkernels {arguments.command}: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("brainkernels: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

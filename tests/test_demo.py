@@ -24,7 +24,7 @@ from brainkernels.ppr.train import PPRConfig
 TINY = DemoSettings(
     level="quick",
     ct=Cohort(subjects=10, shape=32),
-    ppr=PPRConfig(m=1, patch=19, patches_per_step=8, steps=2, checkpoint_every=2),
+    ppr=PPRConfig(network_size=1, patch=19, patches_per_step=8, steps=2, checkpoint_every=2),
     mr=Cohort(subjects=10, shape=24),
     patchddm=PatchDDMConfig(channels=4, channel_mult=(1, 2, 2), patch=12, steps=2, checkpoint_every=2),
     sampling_steps=2, ensemble=(1, 2),
@@ -59,6 +59,16 @@ def test_report_holds_every_section_figure_and_the_memory_table(demo):
     for row in ("AUROC", "Dice (mean ± std)", "PSNR dB", "MONAI DiffusionModelUNet", "FullRes training step, 256^3"):
         assert row in markdown
     assert "| PatchDDM training |" in markdown and "| total |" in markdown
+
+
+def test_no_report_or_table_prints_nan(demo):
+    """Metrics the tiny cohorts cannot support (an HC correlation from too few babies, an AUROC
+    without positives) say why in words."""
+    out, report = demo
+    html = re.sub(r'src="data:image/png;base64,[^"]+"', "", report.read_text())
+    for name, text in [("report.html", html), ("report.md", (out / "report.md").read_text()),
+                       *((str(path), path.read_text()) for path in out.rglob("*.csv"))]:
+        assert not re.search(r"\bnan\b", text, re.IGNORECASE), name
 
 
 def test_memory_table_agrees_with_the_patchddm_budgets(demo):

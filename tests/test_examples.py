@@ -10,7 +10,7 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "python" / "examples"
 TINY = {
-    "ppr_anomaly_detection.py": (["--subjects", "10", "--shape", "32", "--steps", "2", "--m", "1"],
+    "ppr_anomaly_detection.py": (["--subjects", "10", "--shape", "32", "--steps", "2", "--network-size", "1"],
                                  ["dense == patchwise: True", "AUROC, maximum error (paper)"]),
     "patchddm_segmentation.py": (["--subjects", "10", "--shape", "24", "--steps", "2", "--channels", "4"],
                                  ["_mask.nii.gz", "3 member(s): Dice"]),

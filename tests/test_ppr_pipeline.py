@@ -36,7 +36,7 @@ def brainkernels(*argv, cwd):
 
 def test_command_line_train_detect_evaluate(cohort, tmp_path):
     run = tmp_path / "run"
-    trained = brainkernels("ppr", "train", "--data", str(cohort), "--out", str(run), "--m", "2", "--patch", "19",
+    trained = brainkernels("ppr", "train", "--data", str(cohort), "--out", str(run), "--network-size", "2", "--patch", "19",
                            "--steps", "6", "--patches-per-step", "32", "--checkpoint-every", "3", "--device", "cpu",
                            "--quiet", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
@@ -60,7 +60,7 @@ def test_command_line_train_detect_evaluate(cohort, tmp_path):
 
 
 def test_a_reference_from_an_older_checkpoint_is_not_used(cohort, tmp_path):
-    settings = PPRConfig(m=1, patch=19, steps=2, patches_per_step=8, checkpoint_every=1, device="cpu")
+    settings = PPRConfig(network_size=1, patch=19, steps=2, patches_per_step=8, checkpoint_every=1, device="cpu")
     run = train(cohort, tmp_path / "run", settings, quiet=True)
     assert healthy_reference.load(RunFolder(run)).checkpoint == "step-00000002.pt"
     stale = run / "checkpoints" / "step-00000003.pt"  # as if training went on and stopped before its end
@@ -72,7 +72,7 @@ def test_a_reference_from_an_older_checkpoint_is_not_used(cohort, tmp_path):
 
 
 def test_python_api_with_the_autoencoder_baseline(cohort, tmp_path):
-    settings = PPRConfig(model="ae", m=2, steps=3, batch_size=2, checkpoint_every=3, device="cpu", lr=1e-3)
+    settings = PPRConfig(model="ae", network_size=2, steps=3, batch_size=2, checkpoint_every=3, device="cpu", lr=1e-3)
     run = train(cohort, tmp_path / "ae", settings, quiet=True)
     model, loaded = load_trained(run)
     assert loaded == settings and type(model).__name__ == "AutoEncoder"
@@ -86,7 +86,7 @@ def test_python_api_with_the_autoencoder_baseline(cohort, tmp_path):
 
 
 def test_bad_inputs_are_refused(cohort, tmp_path):
-    run = train(cohort, tmp_path / "run", PPRConfig(m=1, patch=19, steps=1, patches_per_step=8, device="cpu"),
+    run = train(cohort, tmp_path / "run", PPRConfig(network_size=1, patch=19, steps=1, patches_per_step=8, device="cpu"),
                 quiet=True)
     wrong_shape = tmp_path / "small.nii.gz"
     head = np.pad(np.random.default_rng(0).uniform(0, 80, (12, 12, 12)), 4, constant_values=-1000)

@@ -36,7 +36,7 @@ def run(settings: DemoSettings, out: Path, stages: Stages, quiet: bool) -> Secti
                        quiet=quiet)[0]
                 for scan in _examples(data, config.split_seed)]
 
-    section.text(f"A network of size m={config.m} learns where a {config.patch}^3 patch of a healthy head CT "
+    section.text(f"A network of size m={config.network_size} learns where a {config.patch}^3 patch of a healthy head CT "
                  f"sits ({config.steps} steps of {config.patches_per_step} patches, healthy training scans only). "
                  "On a held-out scan the position error at every voxel, computed exactly and densely by the "
                  "network's fully convolutional rewrite, is the anomaly map. A structure's score is its maximum "
@@ -58,7 +58,7 @@ def run(settings: DemoSettings, out: Path, stages: Stages, quiet: bool) -> Secti
                  "reached AUROC 0.82 and 0.85 for left and right bleeds against healthy scans on 48 held-out "
                  "scans; see docs/ppr.md).")
     section.text("Commands: `" + cohorts.command("cq500", settings.ct, "ct") + "`, `brainkernels ppr train "
-                 f"--data ct --out run --m {config.m} --patch {config.patch} --patches-per-step "
+                 f"--data ct --out run --network-size {config.network_size} --patch {config.patch} --patches-per-step "
                  f"{config.patches_per_step} --lr {config.lr:g} --steps {config.steps}`, `brainkernels ppr "
                  "evaluate --model run --data ct`, `brainkernels ppr detect --model run --input ct/scans --masks ct/masks --out maps`.")
     return section

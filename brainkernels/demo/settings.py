@@ -47,7 +47,7 @@ _LOGGING = dict(log_every=50, checkpoint_every=500)
 QUICK = DemoSettings(
     level="quick",
     ct=Cohort(subjects=24, shape=64),
-    ppr=PPRConfig(m=4, patch=19, patches_per_step=64, lr=1e-3, steps=300, **_LOGGING),
+    ppr=PPRConfig(network_size=4, patch=19, patches_per_step=64, lr=1e-3, steps=300, **_LOGGING),
     mr=Cohort(subjects=20, shape=32, seed=2),
     patchddm=PatchDDMConfig(channels=16, channel_mult=(1, 2, 2), patch=16, lr=2e-4, batch_size=2, steps=500,
                             **_LOGGING),
@@ -60,7 +60,7 @@ QUICK = DemoSettings(
 DEFAULT = DemoSettings(
     level="default",
     ct=Cohort(subjects=40, shape=96),
-    ppr=PPRConfig(m=8, patch=19, patches_per_step=128, lr=1e-3, steps=4000, **_LOGGING),
+    ppr=PPRConfig(network_size=8, patch=19, patches_per_step=128, lr=1e-3, steps=4000, **_LOGGING),
     mr=Cohort(subjects=40, shape=32, seed=2),
     patchddm=PatchDDMConfig(channels=16, channel_mult=(1, 2, 2), patch=16, lr=2e-4, batch_size=2, steps=3000,
                             **_LOGGING),

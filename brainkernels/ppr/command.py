@@ -47,7 +47,7 @@ def register_command(commands) -> None:
     add_train_verb(verbs, PPRConfig, train, help="train on the healthy scans of a CQ500-style cohort",
                    description="Train PPR (or --model ae, the autoencoder baseline) on healthy scans.",
                    data_help="CQ500-style folder (reads.csv, scans/)",
-                   summary=lambda settings, run: f"trained {settings.model} (m={settings.m}); run folder: {run}")
+                   summary=lambda settings, run: f"trained {settings.model} (m={settings.network_size}); run folder: {run}")
 
     detect = verbs.add_parser("detect", help="anomaly maps (NIfTI + PNG) for scans",
                               description="Write an anomaly map per scan, with the scan's geometry, and a PNG.")

@@ -215,7 +215,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
                                             "positives": sum(row[STRUCTURES[name][1]] for row in rows)}
                                            for score in scores for name, value in aurocs[score].items()])
             if curves:
-                save_figure(_roc_figure(curves, f"{settings.model.upper()} (m={settings.m}), {len(rows)} held-out scans"),
+                save_figure(_roc_figure(curves, f"{settings.model.upper()} (m={settings.network_size}), {len(rows)} held-out scans"),
                             out / "roc.png")
         return aurocs
     finally:

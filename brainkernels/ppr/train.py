@@ -22,14 +22,17 @@ from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, late
 from brainkernels.runtime.trained import load_trained_run
 
 METHOD = "ppr"
-ARCHITECTURE_KEYS = ("model", "m", "patch")
+ARCHITECTURE_KEYS = ("model", "network_size", "patch")
 TEST_FRACTION = 0.2  # of the healthy scans, held out with all anomalous scans (paper: 21 of 132)
 
 
 @dataclass(frozen=True)
 class PPRConfig(TrainerConfig):
     model: Literal["ppr", "ae"] = field(default="ppr", metadata={"help": "ppr, or the autoencoder baseline ae"})
-    m: int = field(default=16, metadata={"help": "network size (channels and widths scale with it)"})
+    # Named m in the paper and until 0.1.0 here; torchrun cannot pass an option named --m (it takes
+    # it for an abbreviation of its own --master-addr, --max-restarts, --module, ...).
+    network_size: int = field(default=16, metadata={"help": "the paper's network size m (channels and widths scale "
+                                                            "with it)", "formerly": "m"})
     patch: int = field(default=31, metadata={"help": "patch edge in voxels"})
     patches_per_step: int = field(default=256, metadata={"help": "patches drawn from each volume per step"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (paper: 1e-4 PPR, 1e-3 AE)"})
@@ -49,7 +52,8 @@ def healthy_split(scans, seed: int) -> tuple[list, list]:
 
 
 def build_model(settings: PPRConfig) -> nn.Module:
-    return PPRNet(settings.m, settings.patch) if settings.model == "ppr" else AutoEncoder(settings.m)
+    return PPRNet(settings.network_size, settings.patch) if settings.model == "ppr" \
+        else AutoEncoder(settings.network_size)
 
 
 def position_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -88,7 +92,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: PPRConfig, 
             loss_fn=position_loss if settings.model == "ppr" else reconstruction_loss, dataset=dataset,
             config=settings, distributed=distributed, run=run, run_config=config.to_dict(settings),
             architecture_keys=ARCHITECTURE_KEYS, quiet=quiet,
-            memory_advice="--patches-per-step or --m" if settings.model == "ppr" else "--batch-size or --m",
+            memory_advice="--patches-per-step or --network-size" if settings.model == "ppr"
+            else "--batch-size or --network-size",
         )
         model = trainer.fit(resume=resume)
         if distributed.is_main and len(prepared) >= 2:  # a spread needs two scans; evaluation copes without

@@ -65,9 +65,10 @@ def save_checkpoint(path: Path, *, method: str, config: dict[str, Any], step: in
 
 
 def load_checkpoint(path: Path, *, method: str, config: dict[str, Any] | None = None,
-                    architecture_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+                    architecture_keys: tuple[str, ...] = (), renamed: dict[str, str] | None = None) -> dict[str, Any]:
     """Load and check a checkpoint: refused when it is not ours, from another method, or from a
-    model whose architecture keys differ from ``config``."""
+    model whose architecture keys differ from ``config``. ``renamed``: former key -> current key
+    (``config.renamed_keys``), for checkpoints written before a key was renamed."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -83,9 +84,10 @@ def load_checkpoint(path: Path, *, method: str, config: dict[str, Any] | None = 
     if payload["method"] != method:
         raise BrainkernelsError(f"{path}: checkpoint of method '{payload['method']}' cannot be used for '{method}'")
     if config is not None:
-        differing = [key for key in architecture_keys if payload["config"].get(key) != config.get(key)]
+        stored = {(renamed or {}).get(key, key): value for key, value in payload["config"].items()}
+        differing = [key for key in architecture_keys if stored.get(key) != config.get(key)]
         if differing:
-            details = ", ".join(f"{key}={payload['config'].get(key)!r} in the checkpoint but {config.get(key)!r} now"
+            details = ", ".join(f"{key}={stored.get(key)!r} in the checkpoint but {config.get(key)!r} now"
                                 for key in differing)
             raise BrainkernelsError(f"{path}: incompatible configuration: {details}")
     return payload

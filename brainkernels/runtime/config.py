@@ -1,7 +1,9 @@
 """Run configurations: dataclasses with defaults, read from a TOML file, overridden key by key
 on the command line, and written back as the resolved TOML of a run.
 
-Unknown keys and values of the wrong type are refused with the key's name.
+Unknown keys and values of the wrong type are refused with the key's name. A renamed key
+(field metadata ``formerly``) is still read under its former name, from files and checkpoints
+written before the rename.
 """
 
 from __future__ import annotations
@@ -84,9 +86,19 @@ def field_types(config_class: type) -> dict[str, Any]:
     return {field.name: hints[field.name] for field in dataclasses.fields(config_class)}
 
 
+def renamed_keys(config_class: type) -> dict[str, str]:
+    """Former key: current key."""
+    return {field.metadata["formerly"]: field.name for field in dataclasses.fields(config_class)
+            if "formerly" in field.metadata}
+
+
 def from_mapping(config_class: type[Config], values: dict[str, Any], source: str, base: Config | None = None) -> Config:
     """``base`` (default: the class defaults) with ``values`` applied, each checked."""
     types = field_types(config_class)
+    for former, current in renamed_keys(config_class).items():
+        if former in values and current in values:
+            raise ConfigError(f"{source}: '{former}' is the former name of '{current}'; give only '{current}'")
+    values = {renamed_keys(config_class).get(key, key): value for key, value in values.items()}
     unknown = sorted(set(values) - set(types))
     if unknown:
         raise ConfigError(f"{source}: unknown key '{unknown[0]}' (known keys: {', '.join(types)})")
@@ -138,6 +150,9 @@ def add_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
             default=argparse.SUPPRESS,
             help=f"{field.metadata.get('help', '')} ({_describe(types[field.name])}; default {field.default!r})",
         )
+        if "formerly" in field.metadata:  # still accepted, no longer shown
+            group.add_argument("--" + field.metadata["formerly"], dest=f"config.{field.name}",
+                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def config_from_arguments(config_class: type[Config], arguments: argparse.Namespace) -> Config:

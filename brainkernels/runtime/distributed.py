@@ -49,6 +49,12 @@ class Distributed:
         return list(items[self.rank :: self.world_size])
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun job, or runs alone; read from torchrun's
+    environment, so it holds before ``setup`` and after ``teardown`` too."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def pick_device(choice: str, local_rank: int = 0) -> torch.device:
     if choice not in ("auto", "cpu", "cuda"):
         raise BrainkernelsError(f"device must be auto, cpu or cuda; got {choice!r}")

@@ -36,5 +36,6 @@ def load_trained_run(run_dir: str | os.PathLike, config_class: type, *, method: 
     if latest is None:
         raise BrainkernelsError(f"{run.root}: the run has no checkpoint yet")
     state = checkpoint.load_checkpoint(latest, method=method, config=config.to_dict(settings),
-                                       architecture_keys=architecture_keys)
+                                       architecture_keys=architecture_keys,
+                                       renamed=config.renamed_keys(config_class))
     return TrainedRun(run, settings, latest, state["model"])

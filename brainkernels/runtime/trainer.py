@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from brainkernels.errors import BrainkernelsError
 from brainkernels.memory import StorageTracker, format_bytes
 from brainkernels.runtime import checkpoint
+from brainkernels.runtime.config import renamed_keys
 from brainkernels.runtime.distributed import Distributed
 from brainkernels.runtime.progress import progress
 from brainkernels.runtime.run_folder import RunFolder
@@ -174,7 +175,8 @@ class Trainer:
             # Loaded to the CPU: the random-generator states must stay CPU tensors (mapped to a GPU,
             # resuming there failed); load_state_dict moves weights and optimiser state to the model.
             state = checkpoint.load_checkpoint(latest, method=self.method, config=self.run_config,
-                                               architecture_keys=self.architecture_keys)
+                                               architecture_keys=self.architecture_keys,
+                                               renamed=renamed_keys(type(self.config)))
             model.load_state_dict(state["model"])
             configured = [{key: value for key, value in group.items() if key != "params"}
                           for group in optimizer.param_groups]

@@ -20,12 +20,12 @@ parser.add_argument("--out", type=Path, required=True)
 parser.add_argument("--subjects", type=int, default=24)
 parser.add_argument("--shape", type=int, default=64)
 parser.add_argument("--steps", type=int, default=300)
-parser.add_argument("--m", type=int, default=4)
+parser.add_argument("--network-size", type=int, default=4)
 arguments = parser.parse_args()
 
 cohort = arguments.out / "ct"
 write_cohort("cq500", cohort, subjects=arguments.subjects, shape=arguments.shape, seed=1, overwrite=True)
-settings = PPRConfig(m=arguments.m, patch=19, patches_per_step=64, lr=1e-3, steps=arguments.steps, device="cpu")
+settings = PPRConfig(network_size=arguments.network_size, patch=19, patches_per_step=64, lr=1e-3, steps=arguments.steps, device="cpu")
 run = train(cohort, arguments.out / "run", settings, quiet=True)
 
 model, _ = load_trained(run)
