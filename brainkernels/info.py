@@ -60,7 +60,10 @@ def format_report(info: dict) -> str:
     extension = info["extension"]
     if extension["available"]:
         cpu = f"yes (OpenMP, {extension['openmp_threads']} threads)"
-        cuda = f"yes (architectures {extension['cuda_architectures']})" if extension["cuda_built"] else "not built"
+        cuda = f"compiled for CUDA (architectures {extension['cuda_architectures']})" if extension["cuda_built"] \
+            else "not built"
+        if extension["cuda_built"] and not any(device["device"].startswith("cuda") for device in info["devices"]):
+            cuda += "; no GPU visible"
     else:
         cpu = cuda = f"unavailable: {extension['error']}"
     triton = info["triton"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import requires_extension
 
-from brainkernels import _extension, backends, use_backend
+from brainkernels import _extension, backends, info, use_backend
 from brainkernels.ops import extract_patches3d, extract_patches3d_reference
 
 CPU = torch.device("cpu")
@@ -63,9 +63,10 @@ def test_reference_backend_runs_through_the_op(monkeypatch):
         assert torch.equal(extract_patches3d(volume, centers, 4), extract_patches3d_reference(volume, centers, 4))
 
 
-def test_missing_extension_falls_back_to_the_reference_with_a_warning(monkeypatch):
+def test_missing_extension_falls_back_to_the_reference_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     monkeypatch.setattr(_extension, "_import", lambda: ImportError("simulated: no compiled module"))
+    monkeypatch.setattr(_extension, "PACKAGE", tmp_path / "site-packages" / "brainkernels")  # installed
     backends._warn_fallback.cache_clear()
     with pytest.warns(RuntimeWarning, match="simulated: no compiled module.*plain-PyTorch reference"):
         assert backends.resolve(CPU) == "reference"
@@ -74,6 +75,44 @@ def test_missing_extension_falls_back_to_the_reference_with_a_warning(monkeypatc
     with use_backend("cpu"), pytest.raises(RuntimeError, match="brainkernels._C could not be imported"):
         backends.resolve(CPU)
     backends._warn_fallback.cache_clear()
+
+
+def test_a_source_tree_without_kernels_is_named_with_the_remedy(monkeypatch, tmp_path):
+    """`pip install .` then `python -m brainkernels info` in the checkout imports the checkout."""
+    checkout = tmp_path / "checkout"
+    (checkout / "brainkernels").mkdir(parents=True)
+    (checkout / "csrc").mkdir()
+    (checkout / "pyproject.toml").write_text("[project]\nname = 'brainkernels'\n")
+    assert _extension.source_tree(checkout / "brainkernels") == checkout
+    assert _extension.source_tree(tmp_path / "site-packages" / "brainkernels") is None
+    monkeypatch.setattr(_extension, "_import", lambda: ImportError("No module named 'brainkernels._C'"))
+    monkeypatch.setattr(_extension, "PACKAGE", checkout / "brainkernels")
+    expected = (f"you are importing brainkernels from its source tree at {checkout}, which holds no compiled "
+                "kernels (a `pip install .` put them in the installed package): run from another folder, or "
+                "install with `pip install -e .`")
+    assert _extension.load_error().startswith(expected)
+    backends._warn_fallback.cache_clear()
+    with pytest.warns(RuntimeWarning, match="source tree at"):  # ops fall back to the reference, loudly
+        assert expected in info.format_report(info.collect())
+    backends._warn_fallback.cache_clear()
+    with pytest.raises(ImportError, match="source tree at"):
+        _extension.load()
+
+
+def _info(cuda_devices: int) -> dict:
+    devices = [{"device": "cpu", "name": "x86_64", "default_backend": "cpu"}]
+    devices += [{"device": f"cuda:{index}", "name": "GPU", "default_backend": "cuda"} for index in range(cuda_devices)]
+    return {"brainkernels": "0", "python": "3", "torch": "2", "torch_cuda": None, "forced_backend": None,
+            "triton": {"version": None, "interpreter": False}, "devices": devices,
+            "extension": {"available": True, "error": None, "openmp_threads": 2, "cuda_built": True,
+                          "cuda_architectures": "80,86,90"}}
+
+
+def test_info_says_when_cuda_kernels_have_no_gpu():
+    line = next(line for line in info.format_report(_info(0)).splitlines() if "cuda extension" in line)
+    assert line.split(None, 2)[2] == "compiled for CUDA (architectures 80,86,90); no GPU visible"
+    line = next(line for line in info.format_report(_info(1)).splitlines() if "cuda extension" in line)
+    assert line.split(None, 2)[2] == "compiled for CUDA (architectures 80,86,90)"
 
 
 def test_info_command_lists_the_backends(tmp_path):
