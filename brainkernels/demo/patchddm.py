@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from brainkernels.demo import cohorts
@@ -33,7 +34,8 @@ def run(settings: DemoSettings, out: Path, stages: Stages, quiet: bool) -> Secti
                  f"{settings.mr.shape}^3 voxels with tumours (labels 1, 2, 4; the whole tumour is segmented).")
     section.table(("ensemble members", "test subjects", "Dice (mean ± std)", "HD95 mm (mean ± std)"),
                   [(row["ensemble"], row["subjects"], f"{row['dice_mean']:.3f} ± {row['dice_std']:.3f}",
-                    f"{row['hd95_mean_mm']:.1f} ± {row['hd95_std_mm']:.1f}") for row in summary])
+                    f"{row['hd95_mean_mm']:.1f} ± {row['hd95_std_mm']:.1f}" if math.isfinite(row["hd95_mean_mm"])
+                    else str(row["hd95_mean_mm"])) for row in summary])
     section.image(evaluation / "dice_vs_ensemble.png", "Dice and HD95 against the ensemble size")
     subject = sorted((evaluation / "figures").glob("*_segmentation.png"))[0].name.removesuffix("_segmentation.png")
     section.image(evaluation / "figures" / f"{subject}_segmentation.png",
