@@ -63,6 +63,7 @@ def orthogonal_slices(image, *, point: Sequence[int], overlay=None, outlines: Ma
         overlay_range = (float(np.percentile(overlay, 50)), float(overlay.max()) or 1.0)
     outlines = {name: _numpy(mask) > 0 for name, mask in (outlines or {}).items()}
     colours = dict(zip(outlines, OUTLINE_COLOURS))
+    drawn = set()
     for axis, view in zip(axes, VIEWS):
         axis.imshow(upright_slice(image, view, point), cmap="gray", vmin=low, vmax=high, interpolation="nearest")
         if overlay is not None:
@@ -73,6 +74,7 @@ def orthogonal_slices(image, *, point: Sequence[int], overlay=None, outlines: Ma
             plane = upright_slice(mask, view, point)
             if plane.any():
                 axis.contour(plane, levels=[0.5], colors=[colours[name]], linewidths=1.2)
+                drawn.add(name)
         mark_orientation(axis, view)
         axis.set_title(view, color="white")
         axis.axis("off")
@@ -81,8 +83,9 @@ def orthogonal_slices(image, *, point: Sequence[int], overlay=None, outlines: Ma
         bar.set_label(overlay_label, color="white")
         bar.ax.tick_params(colors="white")
     if outlines:
-        figure.legend([Line2D([], [], color=colours[name]) for name in outlines], [f"outline: {name}" for name in outlines],
-                      loc="lower center", ncol=len(outlines), frameon=False, labelcolor="white")
+        labels = [f"outline: {name}" + ("" if name in drawn else " (not in these slices)") for name in outlines]
+        figure.legend([Line2D([], [], color=colours[name]) for name in outlines], labels, loc="lower center",
+                      ncol=len(outlines), frameon=False, labelcolor="white")
     if title:
         figure.suptitle(title, color="white")
     return figure

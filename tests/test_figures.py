@@ -62,6 +62,9 @@ def test_slices_carry_their_edge_letters_colour_bar_and_outlines():
     assert len(figure.axes) == 4  # the three slices and the colour bar
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["outline: true finding"]
     plt.close(figure)
+    figure = orthogonal_slices(head * 1.0, point=figure_point(head), outlines={"segmentation": np.zeros(SHAPE)})
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["outline: segmentation (not in these slices)"]
+    plt.close(figure)
 
 
 def test_slices_cut_through_the_truth_when_it_is_known():

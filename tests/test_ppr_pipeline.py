@@ -14,6 +14,8 @@ from brainkernels.data.preprocess import equalize_ct
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.data.volume import load_nifti, save_nifti
 from brainkernels.errors import BrainkernelsError
+from brainkernels.data.layouts.cq500 import read_cq500
+from brainkernels.ppr import evaluate as ppr_evaluate
 from brainkernels.ppr import healthy_reference
 from brainkernels.ppr.data import prepare
 from brainkernels.ppr.evaluate import MAX_ERROR, VS_HEALTHY, detect, evaluate
@@ -42,7 +44,7 @@ def test_command_line_train_detect_evaluate(cohort, tmp_path):
     assert trained.returncode == 0, trained.stderr
     scan = sorted((cohort / "scans").iterdir())[0]
     detected = brainkernels("ppr", "detect", "--model", str(run), "--input", str(scan), "--out", str(tmp_path / "maps"),
-                            "--quiet", cwd=tmp_path)
+                            "--masks", str(cohort / "masks"), "--quiet", cwd=tmp_path)
     assert detected.returncode == 0, detected.stderr
     name = scan.name.removesuffix(".nii.gz")
     anomaly = nib.load(tmp_path / "maps" / f"{name}_anomaly.nii.gz")
@@ -57,6 +59,21 @@ def test_command_line_train_detect_evaluate(cohort, tmp_path):
     table = pd.read_csv(run / "evaluation" / "auroc.csv")
     assert sorted(set(table["score"])) == [MAX_ERROR, VS_HEALTHY] and len(table) == 6
     assert {"left_bleed_max_error", "left_bleed_vs_healthy"} <= set(pd.read_csv(run / "evaluation" / "scores.csv"))
+
+
+def test_anomaly_figures_cut_through_and_outline_the_true_finding(cohort, monkeypatch):
+    record = next(scan for scan in read_cq500(cohort).scans if scan.left_bleed or scan.right_bleed)
+    scan = prepare(record.path)
+    truth = ppr_evaluate._true_findings(cohort / "masks", scan)
+    assert "true haemorrhage" in truth
+    drawn = []
+    monkeypatch.setattr(ppr_evaluate, "orthogonal_slices", lambda image, point, **options: drawn.append((point, options)))
+    error = torch.zeros(scan.mask.shape)
+    error[tuple(torch.nonzero(scan.mask)[0])] = 100  # the map's maximum: one voxel at the head's edge
+    ppr_evaluate.anomaly_figure(scan, error, "error vs healthy scans", "SD", truth)
+    point, options = drawn[0]
+    assert truth["true haemorrhage"][point] and options["outlines"] is truth
+    assert options["title"].endswith("error vs healthy scans (maximum 100 SD)")
 
 
 def test_a_reference_from_an_older_checkpoint_is_not_used(cohort, tmp_path):
@@ -101,6 +118,8 @@ def test_bad_inputs_are_refused(cohort, tmp_path):
     nib.save(nib.Nifti1Image(np.full((SHAPE,) * 3, np.nan, np.float32), np.eye(4)), nan_scan)
     with pytest.raises(ValueError, match="NaN or infinite voxels"):
         detect(run, nan_scan, tmp_path / "out", quiet=True)
+    with pytest.raises(BrainkernelsError, match="--masks .*missing: no such folder"):
+        detect(run, wrong_shape, tmp_path / "out", masks=tmp_path / "missing", quiet=True)
     with pytest.raises(BrainkernelsError, match="not a run folder"):
         load_trained(tmp_path)
     (tmp_path / "other").mkdir()
