@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       description="Versions, available backends and devices.")
     info_parser.add_argument("--json", action="store_true", help="print the report as JSON")
     info_parser.set_defaults(run=_info)
+    from brainkernels.data.dicom_command import register_command as register_import_dicom
     from brainkernels.data.preprocess_command import register_command as register_preprocess
     from brainkernels.data.synth.command import register_command as register_synth
     from brainkernels.demo.command import register_command as register_demo
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     from brainkernels.patchddm.command import register_command as register_patchddm
     from brainkernels.ppr.command import register_command as register_ppr
 
+    register_import_dicom(commands)
     register_preprocess(commands)
     register_synth(commands)
     register_ppr(commands)

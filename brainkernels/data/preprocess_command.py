@@ -14,11 +14,14 @@ from tqdm import tqdm
 from brainkernels.data.preprocess import (
     PRESETS,
     Footprint,
+    Pipeline,
     check_coregistration,
     foreground_footprint,
     preset_pipeline,
 )
-from brainkernels.data.volume import Volume, is_nifti, load_nifti, save_nifti
+from brainkernels.data.command_folders import check_output_folder, nifti_inputs
+from brainkernels.data.volume import Volume, load_nifti, save_nifti
+from brainkernels.errors import BrainkernelsError
 
 USAGE_ERROR = 2
 PROCESSING_ERROR = 1
@@ -52,6 +55,11 @@ def register_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
         "--shape", type=int, nargs="+", default=[256], metavar="N",
         help="output voxels per axis: one value or three (D H W); default 256",
     )
+    parser.add_argument(
+        "--register-to", type=Path, default=None, metavar="FILE",
+        help="first register each scan rigidly to this reference scan (ct and mr; as `brainkernels register`, "
+             "which also writes transforms and QC figures); a failed registration stops with an error",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty output folder")
     parser.set_defaults(run=run_preprocess)
@@ -66,28 +74,25 @@ def _one_or_three(values: list, option: str) -> object:
     raise _UsageError(f"{option} takes one value or three (D H W); got {len(values)}")
 
 
-def _nifti_files(input_dir: Path) -> list[Path]:
-    """NIfTI files under ``input_dir``, relative to it; hidden files and folders are skipped
-    (among them the temporaries of interrupted atomic writes)."""
-    if not input_dir.is_dir():
-        raise _UsageError(f"--in {input_dir}: not a folder")
-    relative = (path.relative_to(input_dir) for path in input_dir.rglob("*") if path.is_file())
-    visible = [path for path in relative if not any(part.startswith(".") for part in path.parts)]
-    if not visible:
-        raise _UsageError(f"--in {input_dir}: the folder is empty")
-    found = sorted(path for path in visible if is_nifti(path))
-    if not found:
-        raise _UsageError(f"--in {input_dir}: no .nii or .nii.gz files in the folder or below it")
-    return found
+def _registered_first(pipeline: Pipeline, reference_path: Path, preset: str) -> Pipeline:
+    """``pipeline`` preceded by rigid registration to the scan at ``reference_path``."""
+    from brainkernels.data.registration import register
 
+    if preset == "label":
+        raise _UsageError("--register-to does not apply to --pipeline label (register the scans, then resample "
+                          "their label maps with the scans' transforms)")
+    if not reference_path.is_file():
+        raise _UsageError(f"--register-to {reference_path}: no such file")
+    reference = load_nifti(reference_path)
 
-def _check_output_dir(output_dir: Path, input_dir: Path, overwrite: bool) -> None:
-    if output_dir.resolve().is_relative_to(input_dir.resolve()):
-        raise _UsageError(f"--out {output_dir}: must not be --in or inside it (outputs would be read as inputs)")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise _UsageError(f"--out {output_dir}: exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise _UsageError(f"--out {output_dir}: the folder is not empty; pass --overwrite to write into it anyway")
+    def register_to_reference(volume: Volume) -> Volume:
+        result = register(volume, reference)
+        if result.failed:
+            raise ValueError(f"registration to {reference_path} failed (similarity {result.similarity:.3f}); "
+                             "`brainkernels register` writes a QC figure of it")
+        return result.volume
+
+    return Pipeline((("register", register_to_reference), *pipeline.steps))
 
 
 def _output_dtype(pipeline: str, volume: Volume) -> type | None:
@@ -119,9 +124,11 @@ def run_preprocess(arguments: argparse.Namespace) -> int:
             spacing=_one_or_three(arguments.spacing, "--spacing"),
             shape=_one_or_three(arguments.shape, "--shape"),
         )
-        files = _nifti_files(arguments.input_dir)
-        _check_output_dir(arguments.output_dir, arguments.input_dir, arguments.overwrite)
-    except (_UsageError, ValueError, TypeError) as error:
+        if arguments.register_to is not None:
+            pipeline = _registered_first(pipeline, arguments.register_to, arguments.pipeline)
+        files = nifti_inputs(arguments.input_dir)
+        check_output_folder(arguments.output_dir, arguments.input_dir, arguments.overwrite)
+    except (_UsageError, BrainkernelsError, ValueError, TypeError) as error:
         print(f"brainkernels preprocess: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     footprints = []
