@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser.set_defaults(run=_info)
     from brainkernels.data.dicom_command import register_command as register_import_dicom
     from brainkernels.data.preprocess_command import register_command as register_preprocess
+    from brainkernels.data.registration_command import register_command as register_registration
     from brainkernels.data.synth.command import register_command as register_synth
     from brainkernels.demo.command import register_command as register_demo
     from brainkernels.inr.command import register_command as register_inr
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from brainkernels.ppr.command import register_command as register_ppr
 
     register_import_dicom(commands)
+    register_registration(commands)
     register_preprocess(commands)
     register_synth(commands)
     register_ppr(commands)
