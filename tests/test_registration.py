@@ -106,3 +106,13 @@ def test_preprocess_registers_before_resampling(head, tmp_path):
     registered = load_nifti(tmp_path / "registered" / "moved.nii.gz").data
     plain = load_nifti(tmp_path / "plain" / "moved.nii.gz").data
     assert (registered - expected).abs().mean() < 0.5 * (plain - expected).abs().mean()
+
+
+def test_bad_invocations_are_one_line_errors(head, tmp_path, capsys):
+    save_nifti(head, tmp_path / "in" / "scan.nii.gz", dtype=np.int16)
+    common = ["register", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    assert cli.main([*common, "--reference", str(tmp_path / "missing.nii.gz")]) == 2
+    assert capsys.readouterr().err == f"brainkernels register: error: --reference {tmp_path / 'missing.nii.gz'}: no such file\n"
+    assert cli.main([*common, "--reference", str(tmp_path / "in" / "scan.nii.gz"), "--workers", "0"]) == 2
+    assert "--workers must be at least 1; got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -106,7 +106,7 @@ def _rigid_start(fixed: sitk.Image, moving: sitk.Image) -> sitk.Euler3DTransform
 def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
     """Refine ``transform`` in place over the pyramid; returns the final metric value."""
     finest = min(fixed.GetSpacing())
-    levels_mm = [max(level, finest) for level in PYRAMID_MM]
+    levels_mm = sorted({max(level, finest) for level in PYRAMID_MM}, reverse=True)
     shrink = [max(1, int(level // finest)) for level in levels_mm]
     voxels = np.prod(fixed.GetSize())
     method = sitk.ImageRegistrationMethod()
@@ -117,7 +117,7 @@ def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) 
     )
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-3, numberOfIterations=200, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6
+        learningRate=2.0, minStep=0.01, numberOfIterations=200, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6
     )
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel(shrink)
