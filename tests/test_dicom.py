@@ -17,7 +17,7 @@ from scipy.spatial.transform import Rotation
 from brainkernels import cli
 from brainkernels.data.dicom import DicomSeriesError, SeriesCriteria, import_study, read_series, read_study
 from brainkernels.data.synth.ct import HeadFindings, render_ct
-from brainkernels.data.synth.dicom import write_ct_series
+from brainkernels.data.synth.dicom import write_ct_series, write_ct_study
 from brainkernels.data.synth.subject import draw_subject
 from brainkernels.data.volume import Volume, load_nifti
 
@@ -155,17 +155,6 @@ def test_a_gantry_tilt_is_resampled_onto_an_orthogonal_grid(tmp_path):
     assert (volume.data[0].numpy()[~scanned] == hu.min()).all()  # outside the scanned field: air
 
 
-def write_cq500_like_study(head, folder):
-    """CQ500's usual series: thin and thick plain, a thin bone reconstruction, a post-contrast series."""
-    study_uid = generate_uid()
-    thick = replace(head, data=head.data[..., ::2], affine=head.affine @ np.diag([1, 1, 2, 1]))
-    write(head, folder / "thin", study_uid=study_uid, series_number=2, description="CT PLAIN THIN", kernel="H30s")
-    write(thick, folder / "thick", study_uid=study_uid, series_number=3, description="CT 5mm", kernel="H30s")
-    write(head, folder / "bone", study_uid=study_uid, series_number=4, description="CT BONE THIN", kernel="H70h")
-    write(head, folder / "post", study_uid=study_uid, series_number=5, description="CT Thin Plain",
-          kernel="H30s", contrast_agent="Iohexol")
-
-
 @pytest.mark.parametrize(("options", "chosen"), [
     ([], 2),
     (["--slice-thickness", "20"], 3),
@@ -173,7 +162,7 @@ def write_cq500_like_study(head, folder):
     (["--description", "5mm"], 3),
 ])  # fmt: skip
 def test_import_dicom_chooses_one_non_contrast_series_per_study(head, tmp_path, options, chosen):
-    write_cq500_like_study(head, tmp_path / "dicom" / "CQ500-CT-1")
+    write_ct_study(head, tmp_path / "dicom" / "CQ500-CT-1", patient_id="CQ500-CT-1")
     broken = write(small_volume(), tmp_path / "dicom" / "CQ500-CT-2" / "only")
     broken[3].unlink()
     status = cli.main(["import-dicom", "--in", str(tmp_path / "dicom"), "--out", str(tmp_path / "nifti"), "--quiet",

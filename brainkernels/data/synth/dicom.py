@@ -101,3 +101,22 @@ def _slice_dataset(patient_id: str, study_uid: str, series_uid: str) -> pydicom.
     dataset.RescaleIntercept = RESCALE_INTERCEPT
     dataset.RescaleType = "HU"
     return dataset
+
+
+def write_ct_study(volume: Volume, folder: str | Path, *, patient_id: str) -> None:
+    """The series a CQ500 study holds for one head, all made from ``volume``: thin slices with a
+    soft-tissue kernel (series 2), about 5 mm slices (3), thin slices with a bone kernel (4) and
+    a post-contrast series (5, flagged by its contrast agent; the values are the same)."""
+    folder = Path(folder)
+    study_uid = generate_uid()
+    every = max(2, round(5.0 / volume.spacing[2]))
+    thick = volume.with_data(volume.data[..., ::every], volume.affine @ np.diag([1.0, 1.0, every, 1.0]))
+    series = (
+        (2, "CT PLAIN THIN", "H30s", volume, None),
+        (3, "CT 5mm", "H30s", thick, None),
+        (4, "CT BONE THIN", "H70h", volume, None),
+        (5, "CT POST CONTRAST", "H30s", volume, "Iohexol"),
+    )
+    for number, description, kernel, scan, agent in series:
+        write_ct_series(scan, folder / f"series{number}", study_uid=study_uid, patient_id=patient_id,
+                        series_number=number, description=description, kernel=kernel, contrast_agent=agent)
