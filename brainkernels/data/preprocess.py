@@ -6,8 +6,8 @@ What the papers did (thesis ch. 6-8):
 - PPR (CQ500 head CT): resample to 1 mm voxels and 256^3, rigidly register every scan to one
   reference scan ("co-registered"), then histogram equalisation "since CT images have a high
   dynamic range"; foreground is separated from background so that patches made only of
-  background are discarded. Registration is not done here: :func:`check_coregistration` only
-  flags scans that are not on the cohort's common grid.
+  background are discarded. Registration is in :mod:`brainkernels.data.registration`;
+  :func:`check_coregistration` here flags scans that are not on the cohort's common grid.
 - PatchDDM (BraTS2020): 240x240x155 at 1 mm padded to 256^3; background voxels set to zero and
   the range between the 1st and 99th percentile normalised to [0, 1].
 - INR (dHCP T2): images map into [0, 1]; the paper's own preprocessing is in a supplement the
