@@ -15,7 +15,7 @@ from pydicom.uid import JPEGLSLossless, generate_uid
 from scipy.spatial.transform import Rotation
 
 from brainkernels import cli
-from brainkernels.data.dicom import DicomSeriesError, SeriesCriteria, import_study, read_series, read_study
+from brainkernels.data.dicom import DicomSeriesError, Series, SeriesCriteria, import_study, read_series, read_study
 from brainkernels.data.synth.ct import HeadFindings, render_ct
 from brainkernels.data.synth.dicom import write_ct_series, write_ct_study
 from brainkernels.data.synth.subject import draw_subject
@@ -187,3 +187,16 @@ def test_bad_criteria_and_folders_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     assert cli.main(["import-dicom", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 2
     assert "no study folders" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("description", "agent", "contrast"), [
+    ("CT POST CONTRAST", "", True),
+    ("CT C+ 5mm", "", True),
+    ("CT 5mm", "Iohexol", True),
+    ("CT PRE CONTRAST THIN", "", False),
+    ("CT Plain", "", False),
+    ("CT 5mm", "NONE", False),
+])  # fmt: skip
+def test_contrast_is_read_from_the_agent_or_else_the_description(description, agent, contrast):
+    series = Series("study", "1.2", 1, description, "CT", "H30s", 5.0, agent, headers=(), paths=())
+    assert series.contrast is contrast
