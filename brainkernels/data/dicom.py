@@ -288,7 +288,8 @@ def import_study(
     """Choose and read one scan of the study in ``folder``, as the PPR paper did: one scan per
     patient, without contrast, further chosen by ``criteria``. Every series is checked
     (:func:`series_geometry`) and ranked; the best one that reads is returned with a decision for
-    every series (chosen, or skipped or refused with the reason). No scan: ``(None, decisions)``."""
+    every series in series-number order (chosen, or skipped or refused with the reason). No scan:
+    ``(None, decisions)``."""
     decisions: list[Decision] = []
     candidates: list[tuple[Series, Geometry]] = []
     for each in read_study(folder, study):
@@ -317,7 +318,7 @@ def import_study(
         tilt = geometry.tilt_degrees
         note = f"; gantry tilt of {tilt:.1f} degrees resampled" if tilt > _TILT_TOLERANCE_DEGREES else ""
         decisions.append(Decision(each, "chosen", _why_chosen(criteria) + note))
-    return volume, decisions
+    return volume, sorted(decisions, key=lambda decision: (decision.series.number is None, decision.series.number or 0))
 
 
 def _reason(error: DicomSeriesError, series: Series) -> str:
