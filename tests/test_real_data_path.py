@@ -34,7 +34,7 @@ def test_dicom_studies_to_anomaly_maps(tmp_path):
     shutil.copy(synthetic / "reads.csv", cohort / "reads.csv")
 
     run = tmp_path / "run"
-    assert cli.main(["ppr", "train", "--data", str(cohort), "--out", str(run), "--m", "2", "--patch", "19",
+    assert cli.main(["ppr", "train", "--data", str(cohort), "--out", str(run), "--network-size", "2", "--patch", "19",
                      "--steps", "3", "--patches-per-step", "16", "--device", "cpu", "--quiet"]) == 0
     assert cli.main(["ppr", "detect", "--model", str(run), "--input", str(cohort / "scans" / f"{names[1]}.nii.gz"),
                      "--out", str(tmp_path / "maps"), "--quiet"]) == 0

@@ -146,16 +146,17 @@ def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) 
 def qc_figure(registration: Registration, reference: Volume, title: str):
     """The registered scan with the reference's edges drawn over it (the outlines of its
     three-class Otsu regions: for CT the head and the bone), three orthogonal slices through
-    the middle of the reference grid."""
+    the middle of the reference's head."""
     from brainkernels.data.preprocess import resample
-    from brainkernels.figures import orthogonal_slices
+    from brainkernels.figures import figure_point, orthogonal_slices
 
     # Slices show voxels as squares: resample anisotropic grids (thin-slice CT) to cubes first.
     display_mm = max(reference.spacing)
     reference_array = resample(reference, display_mm).data[0].numpy()
-    edges = np.digitize(reference_array, skimage.filters.threshold_multiotsu(reference_array, classes=3))
+    classes = np.digitize(reference_array, skimage.filters.threshold_multiotsu(reference_array, classes=3))
     verdict = "FAILED" if registration.failed else "ok"
     return orthogonal_slices(
-        resample(registration.volume, display_mm).data[0], contours=edges,
-        title=f"{title}: {verdict}, similarity {registration.similarity:.3f} (reference edges in colour)",
+        resample(registration.volume, display_mm).data[0], point=figure_point(classes > 0),
+        outlines={"reference head": classes > 0, "reference's brightest class (CT: bone)": classes > 1},
+        title=f"{title}: {verdict}, similarity {registration.similarity:.3f}",
     )  # fmt: skip
