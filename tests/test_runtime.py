@@ -83,14 +83,22 @@ def test_two_processes_match_one(tmp_path):
     torch.testing.assert_close(torch.tensor(sharded[0]), torch.tensor(single), rtol=1e-5, atol=1e-6)
 
 
-def test_resume_after_sigkill_while_writing_a_checkpoint(tmp_path):
-    train(tmp_path / "reference", *STEPS, "--dropout", "0.2")
-    killed = train(tmp_path / "killed", *STEPS, "--dropout", "0.2", "--kill-at-checkpoint", "8", check=False)
+def test_loading_workers_do_not_change_the_training(tmp_path):
+    train(tmp_path / "in-process", *STEPS, "--dropout", "0.2", "--workers", "0")
+    train(tmp_path / "workers", *STEPS, "--dropout", "0.2", "--workers", "3")
+    assert_same_weights(weights(tmp_path / "in-process"), weights(tmp_path / "workers"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_after_sigkill_while_writing_a_checkpoint(tmp_path, workers):
+    train(tmp_path / "reference", *STEPS, "--dropout", "0.2", "--workers", workers)
+    killed = train(tmp_path / "killed", *STEPS, "--dropout", "0.2", "--workers", workers, "--kill-at-checkpoint", "8",
+                   check=False)
     assert killed.returncode == -signal.SIGKILL
     folder = tmp_path / "killed" / "checkpoints"
     assert checkpoint.latest_checkpoint(folder).name == "step-00000004.pt"
     assert list(folder.glob(".step-00000008.pt.*")), "the half-written checkpoint should be left as a temporary"
-    train(tmp_path / "killed", *STEPS, "--dropout", "0.2", "--resume")
+    train(tmp_path / "killed", *STEPS, "--dropout", "0.2", "--workers", workers, "--resume")
     assert_same_weights(weights(tmp_path / "reference"), weights(tmp_path / "killed"), rtol=0, atol=0)
     assert not list(folder.glob(".step-*"))
     steps = [row["step"] for row in RunFolder(tmp_path / "killed").read_metrics() if "loss" in row]

@@ -17,7 +17,8 @@ from brainkernels.runtime.inference import run_cohort
 
 
 class NoisyPlane(Dataset):
-    """y = x . w + noise, the same samples in every process."""
+    """y = x . w + noise, the same samples in every process; each draw of a sample jitters its x
+    with torch's generator (as a method's dataset draws patch positions)."""
 
     def __init__(self, count: int = 64) -> None:
         generator = torch.Generator().manual_seed(1234)
@@ -28,7 +29,7 @@ class NoisyPlane(Dataset):
         return len(self.x)
 
     def __getitem__(self, index: int):
-        return self.x[index], self.y[index]
+        return self.x[index] + 0.05 * torch.randn(4), self.y[index]
 
 
 def build_model(dropout: float) -> nn.Module:

@@ -1,6 +1,12 @@
 """The training loop shared by all methods: DDP, mixed precision, gradient accumulation,
 reproducible seeding, periodic evaluation, metrics, atomic checkpoints and resume.
 
+Samples are loaded by ``workers`` processes (pinned memory on a GPU, micro-batches prepared
+ahead). Each sample's randomness (patch positions, sampled voxels) comes from torch's generator
+seeded for that sample from (seed, epoch, its position in the epoch's order), so the sample stream
+is a function of the seed and the step alone: the same with any number of workers or processes,
+and after a resume.
+
 A method supplies a model factory, an optimiser factory, a loss function
 ``loss_fn(model, batch) -> scalar`` and a map-style dataset. Every optimiser step uses
 ``batch_size`` samples in total, split evenly over the ranks and, on each rank, into
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +40,9 @@ from brainkernels.runtime.progress import progress
 from brainkernels.runtime.run_folder import RunFolder
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+PREFETCH_MICRO_BATCHES = 2
+"""Micro-batches each worker keeps ready."""
 
 
 @dataclass(frozen=True)
@@ -48,19 +58,46 @@ class TrainerConfig:
     eval_every: int = field(default=0, metadata={"help": "steps between evaluations (0: only at the end)"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
+    workers: int = field(default=DEFAULT_WORKERS, metadata={"help": "data-loading processes per training process "
+                                                                    "(0: load in the training process; the "
+                                                                    "result is the same)"})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "micro_batches", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"key '{name}' must be at least 1; got {getattr(self, name)}")
-        if self.eval_every < 0:
-            raise ValueError(f"key 'eval_every' must be 0 or more; got {self.eval_every}")
+        for name in ("eval_every", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"key '{name}' must be 0 or more; got {getattr(self, name)}")
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The seed of the sample at ``position`` of epoch ``epoch``'s order (over all processes)."""
+    entropy = [seed % 2**64, epoch, position]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+class SeededSamples(Dataset):
+    """``dataset[index]`` for a key ``(index, seed)``, drawn with torch's generator seeded by
+    ``seed``; the generator's state outside is left as it was."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -103,23 +140,34 @@ class Trainer:
                                     f"{self.config.batch_size}")
         self.peak_bytes = 0
 
-    def _batches(self, start_step: int) -> Iterator[list[Any]]:
-        """The micro-batches of every step from ``start_step`` on, in a resumable order."""
+    def _keys(self, start_step: int) -> Iterator[list[tuple[int, int]]]:
+        """The micro-batches of every step from ``start_step`` on, as (index, sample seed) keys."""
+        size, world, rank = self.micro_batch_size, self.distributed.world_size, self.distributed.rank
+        per_epoch = self.steps_per_epoch * self.config.micro_batches * size
         step = start_step
         while True:
             epoch, offset = divmod(step, self.steps_per_epoch)
             self.sampler.set_epoch(epoch)
             indices = list(self.sampler)
-            size = self.micro_batch_size
-            chunks = [indices[i:i + size] for i in range(0, self.steps_per_epoch * self.config.micro_batches * size, size)]
-            # A private generator: creating a loader must not draw from the global RNG, or a resumed
-            # run (which creates one mid-epoch) would drift from an uninterrupted one.
-            loader = DataLoader(self.dataset, batch_sampler=chunks[offset * self.config.micro_batches:],
-                                generator=torch.Generator().manual_seed(self.config.seed))
-            iterator = iter(loader)
-            for _ in range(offset, self.steps_per_epoch):
-                yield [next(iterator) for _ in range(self.config.micro_batches)]
+            for first in range(offset * self.config.micro_batches * size, per_epoch, size):
+                # Rank r holds positions r, r + world, ... of the epoch's order (DistributedSampler).
+                yield [(indices[local], sample_seed(self.config.seed, epoch, rank + world * local))
+                       for local in range(first, first + size)]
             step = (epoch + 1) * self.steps_per_epoch
+
+    def _batches(self, start_step: int, device: torch.device) -> Iterator[list[Any]]:
+        """The micro-batches of every step from ``start_step`` on, in a resumable order."""
+        workers = self.config.workers
+        # One loader for the whole run, so its workers live as long as the run (as persistent
+        # workers would across epochs). A private generator: creating a loader must not draw from
+        # the global RNG, or a resumed run (which creates one mid-epoch) would drift.
+        loader = DataLoader(SeededSamples(self.dataset), batch_sampler=self._keys(start_step),
+                            num_workers=workers, pin_memory=device.type == "cuda",
+                            prefetch_factor=PREFETCH_MICRO_BATCHES if workers else None,
+                            generator=torch.Generator().manual_seed(self.config.seed))
+        iterator = iter(loader)
+        while True:
+            yield [next(iterator) for _ in range(self.config.micro_batches)]
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         dtype = AUTOCAST_DTYPES.get(self.config.precision)
@@ -194,7 +242,7 @@ class Trainer:
             if distributed.active else model
         bar = progress(total=config.steps, initial=start, desc=f"{self.method} training", quiet=self.quiet,
                        main=distributed.is_main)
-        batches = self._batches(start)
+        batches = self._batches(start, device)
         started, samples = time.perf_counter(), 0
         try:
             for step in range(start + 1, config.steps + 1):
@@ -213,6 +261,7 @@ class Trainer:
         except torch.OutOfMemoryError as error:
             raise self._out_of_memory(error) from None
         finally:
+            batches.close()  # stops the loader's workers
             bar.close()
         return model
 

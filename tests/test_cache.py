@@ -1,0 +1,127 @@
+"""The prepared-volume cache: hits, rebuilds on a changed source or setting, atomic builds."""
+
+import os
+
+import numpy as np
+import pytest
+
+from brainkernels.data import cache as cache_module
+from brainkernels.data.cache import PreparedCache, Request
+from brainkernels.errors import BrainkernelsError
+from brainkernels.runtime import Distributed
+from brainkernels.runtime.prepared import prepared_entries
+
+ALONE = Distributed(rank=0, world_size=1, device=None)
+
+
+class CountingPreparation:
+    """A preparation of ``source`` (its bytes as a float array, times ``scale``) that counts its runs."""
+
+    def __init__(self, source, scale: float = 1.0) -> None:
+        self.source, self.scale, self.runs = source, scale, 0
+
+    def request(self) -> Request:
+        return Request("test", [self.source], {"scale": self.scale}, self)
+
+    def __call__(self):
+        self.runs += 1
+        data = np.frombuffer(self.source.read_bytes(), dtype=np.uint8).astype(np.float32) * self.scale
+        return {"image": data.reshape(1, -1), "mask": data > 100}, {"affine": np.eye(4).tolist()}
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "scan.nii"
+    path.write_bytes(bytes(range(256)) * 3)
+    return path
+
+
+def test_a_built_entry_is_mapped_equal_and_not_built_again(tmp_path, source):
+    preparation = CountingPreparation(source)
+    store = PreparedCache(tmp_path / "cache")
+    assert store.lookup(preparation.request()) is None
+    built = store.get(preparation.request())
+    again = store.get(preparation.request())
+    assert preparation.runs == 1 and again.folder == built.folder
+    arrays, values = preparation()
+    image = again.array("image")
+    assert isinstance(image, np.memmap) and not image.flags.writeable
+    np.testing.assert_array_equal(image, arrays["image"])
+    np.testing.assert_array_equal(again.array("mask"), arrays["mask"])
+    assert again.values == values
+
+
+def test_a_changed_source_rebuilds_its_entry(tmp_path, source):
+    preparation = CountingPreparation(source)
+    store = PreparedCache(tmp_path / "cache")
+    first = store.get(preparation.request())
+    source.write_bytes(bytes(range(100, 200)))
+    assert store.lookup(preparation.request()) is None
+    second = store.get(preparation.request())
+    assert preparation.runs == 2 and second.folder == first.folder  # replaced in place
+    np.testing.assert_array_equal(second.array("image")[0], np.arange(100, 200, dtype=np.float32))
+    # Same size, new modification time: rebuilt too.
+    os.utime(source, ns=(0, source.stat().st_mtime_ns + 10**9))
+    store.get(preparation.request())
+    assert preparation.runs == 3
+    assert [path.name for path in store.root.iterdir()] == [first.folder.name]
+
+
+def test_other_settings_make_another_entry(tmp_path, source):
+    store = PreparedCache(tmp_path / "cache")
+    plain, doubled = CountingPreparation(source), CountingPreparation(source, scale=2.0)
+    first, second = store.get(plain.request()), store.get(doubled.request())
+    assert first.folder != second.folder and plain.runs == doubled.runs == 1
+    np.testing.assert_array_equal(second.array("image"), 2 * first.array("image"))
+    assert store.get(plain.request()).folder == first.folder and plain.runs == 1
+
+
+def test_a_build_killed_while_writing_leaves_no_entry(tmp_path, source, monkeypatch):
+    preparation = CountingPreparation(source)
+    store = PreparedCache(tmp_path / "cache")
+    real_save = np.save
+
+    def save_half_then_fail(handle, array):
+        if array.dtype == np.bool_:  # the second array: half of it, then the "kill"
+            handle.write(b"\x93NUMPY" + bytes(10))
+            raise KeyboardInterrupt
+        real_save(handle, array)
+
+    monkeypatch.setattr(cache_module.np, "save", save_half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        store.build(preparation.request())
+    assert store.lookup(preparation.request()) is None
+    assert not (store.root / preparation.request().key).exists()
+    # A build killed outright (no cleanup at all) leaves its temporary folder: never read, removed later.
+    leftover = store.root / f".{preparation.request().key}.building-killed"
+    leftover.mkdir()
+    (leftover / "entry.json").write_text("{}")
+    assert store.lookup(preparation.request()) is None
+    monkeypatch.setattr(cache_module.np, "save", real_save)
+    entry = store.get(preparation.request())
+    np.testing.assert_array_equal(entry.array("mask"), preparation()[0]["mask"])
+    assert [path.name for path in store.root.iterdir()] == [entry.folder.name]
+
+
+def test_a_missing_source_is_named(tmp_path, source):
+    preparation = CountingPreparation(source)
+    source.unlink()
+    with pytest.raises(FileNotFoundError, match="scan.nii: no such file"):
+        PreparedCache(tmp_path / "cache").get(preparation.request())
+
+
+def test_cohort_entries_are_built_once_in_order(tmp_path, source):
+    other = tmp_path / "other.nii"
+    other.write_bytes(bytes(range(50)))
+    preparations = [CountingPreparation(source), CountingPreparation(other)]
+    store = PreparedCache(tmp_path / "cache")
+    entries = prepared_entries([p.request() for p in preparations], store, ALONE, quiet=True)
+    entries = prepared_entries([p.request() for p in preparations], store, ALONE, quiet=True)
+    assert [p.runs for p in preparations] == [1, 1]
+    assert entries[1].array("image").shape == (1, 50)
+
+
+def test_entries_missing_on_another_rank_are_reported(tmp_path, source):
+    not_main = Distributed(rank=1, world_size=1, device=None)  # world of one: no barrier to wait at
+    with pytest.raises(BrainkernelsError, match="missing after rank 0 built it"):
+        prepared_entries([CountingPreparation(source).request()], PreparedCache(tmp_path / "c"), not_main, quiet=True)
