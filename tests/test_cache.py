@@ -49,6 +49,9 @@ def test_a_built_entry_is_mapped_equal_and_not_built_again(tmp_path, source):
     np.testing.assert_array_equal(image, arrays["image"])
     np.testing.assert_array_equal(again.array("mask"), arrays["mask"])
     assert again.values == values
+    tensor = again.tensor("image")
+    tensor += 1  # stays in this process: the entry is unchanged
+    np.testing.assert_array_equal(again.array("image"), arrays["image"])
 
 
 def test_a_changed_source_rebuilds_its_entry(tmp_path, source):

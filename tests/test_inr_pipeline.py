@@ -13,12 +13,16 @@ import pytest
 import torch
 
 from brainkernels.cli import main
+from brainkernels.data.cache import PreparedCache
+from brainkernels.data.volume import load_nifti
 from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.errors import BrainkernelsError
+from brainkernels.inr.data import SampledVoxels, preparation_request, prepare_input
 from brainkernels.inr.evaluate import ablation, evaluate, summarise
 from brainkernels.inr.predict import atlas, predict
-from brainkernels.inr.train import INRConfig, load_trained, train
+from brainkernels.inr.train import INRConfig, load_trained, model_grid, split_test_subjects, train
+from brainkernels.ops.coordinate_mlp import grid_coordinates
 
 SHAPE = 16
 TINY = dict(width=16, depth=3, latent_size=8, batch_size=2, checkpoint_every=100, device="cpu")
@@ -50,6 +54,25 @@ def brainkernels(*argv, cwd):
 
 def first_scan(cohort):
     return scans_by_subject(read_dhcp(cohort))["SYN001"][0].t2w_path
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_cached_voxel_samples_equal_the_uncached_preparation(cohort, tmp_path, dims):
+    scan = scans_by_subject(read_dhcp(cohort))["SYN002"][0]
+    grid = model_grid([scan], dims)
+    entry = PreparedCache(tmp_path).get(preparation_request(scan, grid))
+    torch.manual_seed(7)
+    item = SampledVoxels([entry], [scan], grid, [3], pixel_ratio=0.3, foreground_share=0.75)[0]
+    prepared = prepare_input(load_nifti(scan.t2w_path), grid, "scan")  # the path without the cache
+    voxels = math.prod(grid.model_shape)
+    samples = math.ceil(0.3 * voxels)
+    torch.manual_seed(7)
+    head = torch.nonzero(prepared.foreground.reshape(-1))[:, 0]
+    chosen = torch.cat([head[torch.randint(len(head), (round(0.75 * samples),))],
+                        torch.randint(voxels, (samples - round(0.75 * samples),))])
+    assert torch.equal(item["coords"], grid_coordinates(grid.model_shape)[chosen])
+    assert torch.equal(item["targets"], prepared.image.reshape(-1)[chosen])
+    assert item["latent_index"] == 3 and item["age"] == torch.tensor(scan.normalised_age, dtype=torch.float32)
 
 
 def test_command_line_2d(cohort, tmp_path):
@@ -112,6 +135,8 @@ def test_ablation_trains_and_tables_the_four_variants(cohort, tmp_path):
     table = (tmp_path / "ablation.csv").read_text().splitlines()
     assert table[0].startswith("variant,ssl,sgla,psnr") and len(table) == 5
     assert (tmp_path / "head_circumference.png").is_file()
+    training = split_test_subjects(read_dhcp(cohort), 0)[0]
+    assert len(list((tmp_path / "cache").iterdir())) == len(training)  # prepared once for the four variants
 
 
 def test_ages_outside_the_trained_range_warn(cohort, run_3d, tmp_path):

@@ -15,7 +15,10 @@ from brainkernels.data.layouts.brats import read_brats
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.errors import BrainkernelsError
 from brainkernels.metrics.segmentation import dice, hausdorff95
-from brainkernels.patchddm.data import TrainingSamples, coordinate_channels, pad_to_multiple
+from brainkernels.data.cache import PreparedCache
+from brainkernels.data.sampling import center_weighted_patch_starts
+from brainkernels.patchddm.data import (TrainingSamples, coordinate_channels, half_resolution, network_input,
+                                        pad_to_multiple, preparation_request, prepare_subject)
 from brainkernels.patchddm.diffusion import Diffusion, signal_to_probability
 from brainkernels.patchddm.evaluate import evaluate, segment
 from brainkernels.patchddm.train import PatchDDMConfig, load_trained, split_subjects, train
@@ -78,12 +81,26 @@ def test_padding_to_a_multiple_crops_back_exactly():
 
 
 @pytest.mark.parametrize("mode, channels, side", [("patch", 7, 12), ("full", 4, 24), ("half", 4, 12)])
-def test_training_samples_of_each_mode(cohort, mode, channels, side):
-    subjects = split_subjects(read_brats(cohort), 0)[0]
-    sample = TrainingSamples(subjects, mode, 12, 8 if mode == "half" else 4)[0]
+def test_training_samples_of_each_mode_equal_the_uncached_preparation(cohort, tmp_path, mode, channels, side):
+    subject = split_subjects(read_brats(cohort), 0)[0][1]
+    multiple = 8 if mode == "half" else 4
+    entry = PreparedCache(tmp_path).get(preparation_request(subject, multiple, with_mask=True))
+    torch.manual_seed(3)
+    sample = TrainingSamples([entry], mode, 12)[0]
     assert sample["condition"].shape == (channels, side, side, side)
     assert sample["mask"].shape == (1, side, side, side)
     assert set(sample["mask"].unique().tolist()) <= {0.0, 1.0}
+    # The path without the cache: load, normalise, pad, add the coordinates, then cut.
+    prepared = prepare_subject(subject, multiple, with_mask=True)
+    condition, mask = network_input(prepared.image, mode), prepared.mask
+    if mode == "half":
+        mask = (half_resolution(mask) > 0.5).float()
+    elif mode == "patch":
+        torch.manual_seed(3)
+        start = center_weighted_patch_starts(condition.shape[1:], 12, 1)[0].tolist()
+        window = (slice(None), *(slice(first, first + 12) for first in start))
+        condition, mask = condition[window], mask[window]
+    assert torch.equal(sample["condition"], condition) and torch.equal(sample["mask"], mask)
 
 
 def _random_masks(seed):

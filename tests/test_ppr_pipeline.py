@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from brainkernels.data.cache import PreparedCache
 from brainkernels.data.preprocess import equalize_ct
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.data.volume import load_nifti, save_nifti
@@ -17,7 +18,9 @@ from brainkernels.errors import BrainkernelsError
 from brainkernels.data.layouts.cq500 import read_cq500
 from brainkernels.ppr import evaluate as ppr_evaluate
 from brainkernels.ppr import healthy_reference
-from brainkernels.ppr.data import prepare
+from brainkernels.ops import extract_patches3d
+from brainkernels.ppr.data import PositionPatches, near_foreground, preparation_request, prepare
+from brainkernels.ppr.infer import normalised_positions
 from brainkernels.ppr.evaluate import MAX_ERROR, VS_HEALTHY, detect, evaluate
 from brainkernels.ppr.train import PPRConfig, load_trained, train
 from brainkernels.runtime import RunFolder
@@ -34,6 +37,20 @@ def cohort(tmp_path_factory):
 
 def brainkernels(*argv, cwd):
     return subprocess.run([sys.executable, "-m", "brainkernels", *argv], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cached_training_patches_equal_the_uncached_preparation(cohort, tmp_path):
+    scan = sorted((cohort / "scans").iterdir())[2]
+    entry = PreparedCache(tmp_path).get(preparation_request(scan, 5))
+    torch.manual_seed(5)
+    item = PositionPatches([entry], 5, 40)[0]
+    prepared = prepare(scan)  # the path without the cache
+    torch.manual_seed(5)
+    centers = torch.stack([torch.randint(0, SHAPE, (40,)) for _ in range(3)], dim=1)
+    assert torch.equal(item["patches"], extract_patches3d(prepared.volume.data, centers, 5))
+    assert torch.equal(item["targets"], normalised_positions(centers, (SHAPE,) * 3))
+    assert torch.equal(item["keep"], near_foreground(prepared.mask, 5)[centers[:, 0], centers[:, 1], centers[:, 2]])
+    assert item["keep"].any() and not item["keep"].all()
 
 
 def test_command_line_train_detect_evaluate(cohort, tmp_path):

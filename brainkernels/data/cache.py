@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import brainkernels
 
@@ -68,13 +69,19 @@ class Request:
 
 @dataclass(frozen=True)
 class Entry:
-    """A built entry: ``array(name)`` maps one array read-only; ``values`` are the small ones."""
+    """A built entry: ``array(name)`` maps one array read-only, ``tensor(name)`` as a tensor;
+    ``values`` are the small ones."""
 
     folder: Path
     values: dict[str, Any]
 
     def array(self, name: str) -> np.ndarray:
         return np.load(self.folder / f"{name}.npy", mmap_mode="r")
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The array as a tensor over the same pages. Copy-on-write: torch has no read-only
+        tensors, and an in-place change must stay private rather than crash on a read-only map."""
+        return torch.from_numpy(np.load(self.folder / f"{name}.npy", mmap_mode="c"))
 
 
 class PreparedCache:

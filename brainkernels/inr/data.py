@@ -1,5 +1,8 @@
 """INR inputs: a scan as the model sees it (intensity in [0, 1], in 2D its central axial slice),
-the grid a model was trained on, and the training items (sampled voxels of one scan)."""
+the grid a model was trained on, and the training items (sampled voxels of one scan).
+
+Training reads the prepared scans from the prepared-volume cache (``preparation_request``): a
+step gathers only its sampled voxels from the mapped image."""
 
 from __future__ import annotations
 
@@ -13,12 +16,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from brainkernels.data.datasets import DHCPDataset
+from brainkernels.data.cache import Entry, Request
 from brainkernels.data.layouts.dhcp import DHCPScan
 from brainkernels.data.preprocess import foreground_mask
-from brainkernels.data.volume import Volume
+from brainkernels.data.volume import Volume, load_nifti
 from brainkernels.errors import BrainkernelsError
-from brainkernels.ops.coordinate_mlp import grid_coordinates
 
 INTENSITY_PERCENTILE = 99.5
 """Intensities are divided by this percentile of the scan and clipped to [0, 1]: the paper's
@@ -103,37 +105,53 @@ def _millimetres(spacing) -> str:
     return " x ".join(f"{value:.3g}" for value in spacing) + " mm"
 
 
+def preparation_request(scan: DHCPScan, grid: ModelGrid) -> Request:
+    """The cache entry of :func:`prepare_input` for ``scan``: arrays ``image`` and ``head`` (the
+    flat indices of its foreground voxels)."""
+
+    def build() -> tuple[dict[str, np.ndarray], dict]:
+        prepared = prepare_input(load_nifti(scan.t2w_path), grid, str(scan.t2w_path))
+        head = torch.nonzero(prepared.foreground.reshape(-1))[:, 0]
+        return {"image": prepared.image.numpy(), "head": head.numpy()}, {"scale": prepared.scale}
+
+    settings = {"grid": asdict(grid), "intensity_percentile": INTENSITY_PERCENTILE}
+    return Request("inr-scan", [scan.t2w_path], settings, build)
+
+
+def voxel_coordinates(indices: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``grid_coordinates(shape)[indices]`` (float32) without making the whole grid's coordinates."""
+    divisor = max(shape)
+    axes = torch.unravel_index(indices, shape)
+    return torch.stack([(axis.float() - size / 2) / divisor for axis, size in zip(axes, shape, strict=True)], dim=1)
+
+
 class SampledVoxels(Dataset):
-    """Training items: per scan, ``ceil(pixel_ratio * voxels)`` voxels with their coordinates,
-    ``foreground_share`` of them drawn from the head, the rest anywhere, and the scan's
-    normalised age and latent index (its subject's with SSL, its own without).
+    """Training items: per cached scan, ``ceil(pixel_ratio * voxels)`` voxels with their
+    coordinates, ``foreground_share`` of them drawn from the head, the rest anywhere, and the
+    scan's normalised age and latent index (its subject's with SSL, its own without). Voxels
+    come from torch's generator.
 
     Item: ``coords`` (M, dims), ``targets`` (M,), ``age`` scalar, ``latent_index`` int64.
     """
 
-    def __init__(self, scans: list[DHCPScan], grid: ModelGrid, latent_index: list[int], pixel_ratio: float,
-                 foreground_share: float) -> None:
-        self.scans = DHCPDataset(scans)
-        self.grid, self.latent_index = grid, latent_index
-        self.coordinates = grid_coordinates(grid.model_shape)
-        voxels = self.coordinates.shape[0]
-        self.samples = max(1, math.ceil(pixel_ratio * voxels))
+    def __init__(self, entries: list[Entry], scans: list[DHCPScan], grid: ModelGrid, latent_index: list[int],
+                 pixel_ratio: float, foreground_share: float) -> None:
+        self.entries, self.scans, self.grid, self.latent_index = entries, scans, grid, latent_index
+        self.voxels = math.prod(grid.model_shape)
+        self.samples = max(1, math.ceil(pixel_ratio * self.voxels))
         self.foreground_samples = round(foreground_share * self.samples)
 
     def __len__(self) -> int:
-        return len(self.scans)
+        return len(self.entries)
 
     def __getitem__(self, index: int) -> dict:
-        item = self.scans[index]
-        scan = self.scans.scans[index]
-        prepared = prepare_input(Volume(item["image"], item["affine"].numpy()), self.grid, str(scan.t2w_path))
-        head = torch.nonzero(prepared.foreground.reshape(-1))[:, 0]
-        voxels = self.coordinates.shape[0]
+        entry = self.entries[index]
+        head = entry.tensor("head")
         chosen = torch.cat([head[torch.randint(len(head), (self.foreground_samples,))],
-                            torch.randint(voxels, (self.samples - self.foreground_samples,))])
+                            torch.randint(self.voxels, (self.samples - self.foreground_samples,))])
         return {
-            "coords": self.coordinates[chosen],
-            "targets": prepared.image.reshape(-1)[chosen],
-            "age": item["normalised_age"],
+            "coords": voxel_coordinates(chosen, self.grid.model_shape),
+            "targets": entry.tensor("image").reshape(-1)[chosen],
+            "age": torch.tensor(self.scans[index].normalised_age, dtype=torch.float32),
             "latent_index": torch.tensor(self.latent_index[index]),
         }

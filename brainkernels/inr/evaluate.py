@@ -25,6 +25,7 @@ from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
 from brainkernels.metrics.undefined import Undefined
 from brainkernels.runtime import setup, teardown
 from brainkernels.runtime.inference import run_cohort
+from brainkernels.runtime.prepared import CACHE_FOLDER
 
 HEAD_THRESHOLD = 0.2
 """Normalised intensity above which a voxel is head (scalp and brain; background noise and the
@@ -116,13 +117,14 @@ def ablation(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfi
              fit_voxels: int | None = None, quiet: bool = False) -> dict[str, dict[str, float]]:
     """Train the four variants of ``settings`` (SSL off/on x SGLA off/on, SGLA with probability
     ``settings.sgla`` or the paper's 0.1) in ``out/<variant>``, evaluate each on the same test
-    pairs; writes ``ablation.csv`` and ``head_circumference.png`` to ``out``."""
+    pairs; writes ``ablation.csv`` and ``head_circumference.png`` to ``out``. The variants share one
+    prepared-volume cache, ``out/cache``."""
     out = Path(out)
     probability = settings.sgla or INRConfig.sgla
     results, rows = {}, {}
     for name, (ssl, sgla) in ABLATION.items():
         variant = dataclasses.replace(settings, ssl=ssl, sgla=probability if sgla else 0.0)
-        run = train(data, out / name, variant, quiet=quiet)
+        run = train(data, out / name, variant, quiet=quiet, cache=out / CACHE_FOLDER)
         rows[name] = _pair_rows(run, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=settings.device,
                                    quiet=quiet)
         write_csv(run / "pairs.csv", rows[name])

@@ -13,13 +13,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from brainkernels.data.cache import PreparedCache
 from brainkernels.data.layouts.dhcp import DHCPScan, read_dhcp, scans_by_subject
 from brainkernels.data.layouts.splits import split_by_subject
 from brainkernels.data.volume import load_nifti
 from brainkernels.errors import BrainkernelsError
-from brainkernels.inr.data import ModelGrid, SampledVoxels
+from brainkernels.inr.data import ModelGrid, SampledVoxels, preparation_request
 from brainkernels.inr.model import AutoDecoder
 from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, setup, teardown
+from brainkernels.runtime.prepared import cache_folder, prepared_entries
 from brainkernels.runtime.trained import load_trained_run
 
 METHOD = "inr"
@@ -111,16 +113,15 @@ def reconstruction_loss(sgla: float):
 
 
 def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, *, resume: bool = False,
-          quiet: bool = False) -> Path:
-    """Train on the dHCP-layout cohort at ``data`` (test subjects held out); the run folder is ``out``."""
+          quiet: bool = False, cache: str | os.PathLike | None = None) -> Path:
+    """Train on the dHCP-layout cohort at ``data`` (test subjects held out); the run folder is ``out``,
+    the prepared-volume cache ``cache`` (default: in the run folder)."""
     distributed = setup(settings.device)
     try:
         training, _ = split_test_subjects(read_dhcp(data), settings.split_seed)
         keys = latent_keys(training, settings.ssl)
         index = {key: position for position, key in enumerate(keys)}
         grid = model_grid(training, settings.dims)
-        dataset = SampledVoxels(training, grid, [index[_latent_key(scan, settings.ssl)] for scan in training],
-                                settings.pixel_ratio, settings.foreground_share)
         run = RunFolder(out)
         if distributed.is_main:
             run.create()
@@ -128,6 +129,10 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, 
             grid.save(run.root)
             (run.root / LATENTS_FILE).write_text(json.dumps(keys) + "\n")
         distributed.barrier()
+        entries = prepared_entries([preparation_request(scan, grid) for scan in training],
+                                   PreparedCache(cache_folder(cache, run.root)), distributed, quiet=quiet)
+        dataset = SampledVoxels(entries, training, grid, [index[_latent_key(scan, settings.ssl)] for scan in training],
+                                settings.pixel_ratio, settings.foreground_share)
         trainer = Trainer(
             method=METHOD, build_model=lambda: build_model(settings, len(keys)),
             build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),

@@ -7,6 +7,9 @@ coordinate channels, and the training samples of the three modes.
 - ``full``: the whole padded volume, no coordinates (the paper's FullRes baseline);
 - ``half``: the whole volume at half resolution, no coordinates (HalfRes); the sampled mask is
   upsampled back to full resolution.
+
+Training reads prepared subjects from the prepared-volume cache (``preparation_request``,
+``cached_subject``): a patch sample maps only its window of the cached arrays.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from brainkernels.data.cache import Entry, Request
 from brainkernels.data.layouts.brats import BraTSSubject, load_brats_image, load_brats_seg, whole_tumour
 from brainkernels.data.layouts.common import require_same_grid
 from brainkernels.data.preprocess import normalize_mr
@@ -58,9 +62,13 @@ def pad_to_multiple(volume: Tensor, multiple: int) -> tuple[Tensor, tuple[slice,
     return F.pad(volume, flat), tuple(crop)
 
 
-def coordinate_channels(shape: tuple[int, int, int], dtype: torch.dtype = torch.float32) -> Tensor:
-    """(3, D, H, W): channel c is a linear ramp from -1 to 1 along spatial axis c."""
+def coordinate_channels(shape: tuple[int, int, int], dtype: torch.dtype = torch.float32,
+                        window: tuple[slice, slice, slice] | None = None) -> Tensor:
+    """(3, D, H, W): channel c is a linear ramp from -1 to 1 along spatial axis c; with
+    ``window``, only that part of it."""
     ramps = [torch.linspace(-1, 1, n, dtype=dtype) if n > 1 else torch.zeros(1, dtype=dtype) for n in shape]
+    if window is not None:
+        ramps = [ramp[part] for ramp, part in zip(ramps, window, strict=True)]
     return torch.stack(torch.meshgrid(*ramps, indexing="ij"))
 
 
@@ -78,6 +86,27 @@ def prepare_subject(subject: BraTSSubject, multiple: int, *, with_mask: bool) ->
     return PreparedSubject(subject.subject_id, padded, mask, image.affine, crop)
 
 
+def preparation_request(subject: BraTSSubject, multiple: int, *, with_mask: bool) -> Request:
+    """The cache entry of :func:`prepare_subject`: arrays ``image`` (and ``mask``)."""
+    sources = [*subject.modality_paths.values(), *([subject.seg] if with_mask else [])]
+
+    def build() -> tuple[dict[str, np.ndarray], dict]:
+        prepared = prepare_subject(subject, multiple, with_mask=with_mask)
+        arrays = {"image": prepared.image.numpy(), **({"mask": prepared.mask.numpy()} if with_mask else {})}
+        return arrays, {"subject_id": subject.subject_id, "affine": prepared.affine.tolist(), "with_mask": with_mask,
+                        "crop": [[part.start, part.stop] for part in prepared.crop]}
+
+    return Request("patchddm-subject", sources, {"multiple": multiple, "with_mask": with_mask}, build)
+
+
+def cached_subject(entry: Entry) -> PreparedSubject:
+    """The prepared subject of a cache entry, its arrays mapped (read when used)."""
+    values = entry.values
+    return PreparedSubject(values["subject_id"], entry.tensor("image"),
+                           entry.tensor("mask") if values["with_mask"] else None, np.array(values["affine"]),
+                           tuple(slice(start, stop) for start, stop in values["crop"]))
+
+
 def half_resolution(volume: Tensor) -> Tensor:
     """(C, D, H, W) averaged over 2x2x2 blocks."""
     return F.avg_pool3d(volume[None], 2)[0]
@@ -92,21 +121,25 @@ def network_input(condition: Tensor, mode: Mode) -> Tensor:
 
 
 class TrainingSamples(Dataset):
-    """One sample per subject and visit: ``condition`` (4 or 7, P, P, P) and ``mask`` (1, P, P, P)."""
+    """One sample per cached subject (prepared with its mask): ``condition`` (4 or 7, P, P, P)
+    and ``mask`` (1, P, P, P). Patch positions come from torch's generator."""
 
-    def __init__(self, subjects: list[BraTSSubject], mode: Mode, patch: int, multiple: int) -> None:
-        self.subjects, self.mode, self.patch, self.multiple = subjects, mode, patch, multiple
+    def __init__(self, entries: list[Entry], mode: Mode, patch: int) -> None:
+        self.entries, self.mode, self.patch = entries, mode, patch
 
     def __len__(self) -> int:
-        return len(self.subjects)
+        return len(self.entries)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        prepared = prepare_subject(self.subjects[index], self.multiple, with_mask=True)
-        condition, mask = network_input(prepared.image, self.mode), prepared.mask
+        prepared = cached_subject(self.entries[index])
+        image, mask = prepared.image, prepared.mask
         if self.mode == "half":
-            return {"condition": condition, "mask": (half_resolution(mask) > 0.5).float()}
+            return {"condition": half_resolution(image), "mask": (half_resolution(mask) > 0.5).float()}
         if self.mode == "full":
-            return {"condition": condition, "mask": mask}
-        start = center_weighted_patch_starts(condition.shape[1:], self.patch, 1)[0].tolist()
-        window = (slice(None), *(slice(s, s + self.patch) for s in start))
-        return {"condition": condition[window], "mask": mask[window]}
+            return {"condition": image, "mask": mask}
+        shape = tuple(image.shape[1:])
+        start = center_weighted_patch_starts(shape, self.patch, 1)[0].tolist()
+        window = tuple(slice(first, first + self.patch) for first in start)
+        # Only the window's bytes of the mapped arrays are read.
+        condition = torch.cat([image[(slice(None), *window)], coordinate_channels(shape, image.dtype, window)])
+        return {"condition": condition, "mask": mask[(slice(None), *window)]}

@@ -10,13 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from brainkernels.data.cache import PreparedCache
 from brainkernels.data.layouts.brats import read_brats
 from brainkernels.data.layouts.splits import split_by_subject
 from brainkernels.errors import BrainkernelsError
-from brainkernels.patchddm.data import MODES, Mode, TrainingSamples
+from brainkernels.patchddm.data import MODES, Mode, TrainingSamples, preparation_request
 from brainkernels.patchddm.diffusion import Diffusion
 from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, RECOMPUTE, DiffusionUNet, Recompute
 from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, setup, teardown
+from brainkernels.runtime.prepared import cache_folder, prepared_entries
 from brainkernels.runtime.trained import load_trained_run
 
 METHOD = "patchddm"
@@ -94,19 +96,22 @@ def noise_prediction_loss(diffusion: Diffusion):
 
 
 def train(data: str | os.PathLike, out: str | os.PathLike, settings: PatchDDMConfig, *, resume: bool = False,
-          quiet: bool = False) -> Path:
-    """Train on the training split of the BraTS-layout cohort at ``data``; the run folder is ``out``."""
+          quiet: bool = False, cache: str | os.PathLike | None = None) -> Path:
+    """Train on the training split of the BraTS-layout cohort at ``data``; the run folder is ``out``,
+    the prepared-volume cache ``cache`` (default: in the run folder)."""
     distributed = setup(settings.device)
     try:
         training, _, _ = split_subjects(read_brats(data), settings.split_seed)
         if not training:
             raise BrainkernelsError(f"{data}: too few subjects for a training split")
-        dataset = TrainingSamples(training, settings.mode, settings.patch, settings.volume_multiple)
         run = RunFolder(out)
         if distributed.is_main:
             run.create()
             config.write_toml(settings, run.config)
         distributed.barrier()
+        requests = [preparation_request(subject, settings.volume_multiple, with_mask=True) for subject in training]
+        entries = prepared_entries(requests, PreparedCache(cache_folder(cache, run.root)), distributed, quiet=quiet)
+        dataset = TrainingSamples(entries, settings.mode, settings.patch)
         trainer = Trainer(
             method=METHOD, build_model=lambda: build_model(settings),
             build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),

@@ -1,17 +1,22 @@
 """PPR inputs: co-registered, histogram-equalised CT volumes with foreground masks, and the
-training items (a volume's patches with their true positions)."""
+training items (a volume's patches with their true positions).
+
+Training reads the prepared scans from the prepared-volume cache (``preparation_request``): a
+step's patches map only the bytes they cover."""
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from brainkernels.data.layouts.cq500 import CQ500Scan
+from brainkernels.data.cache import Entry, Request
 from brainkernels.data.preprocess import check_coregistration, equalize_ct, foreground_mask
 from brainkernels.data.volume import Volume, load_nifti
 from brainkernels.errors import BrainkernelsError
@@ -39,9 +44,28 @@ def prepare(path) -> PreparedScan:
     return PreparedScan(name, volume, mask)
 
 
-def prepare_cohort(scans: list[CQ500Scan]) -> list[PreparedScan]:
-    """Prepare ``scans`` and check they share one grid (PPR needs co-registered inputs)."""
-    prepared = [prepare(scan.path) for scan in scans]
+def preparation_request(path, patch: int) -> Request:
+    """The cache entry of :func:`prepare`: arrays ``image``, ``mask`` and ``near_foreground``
+    (for ``patch``)."""
+
+    def build() -> tuple[dict[str, np.ndarray], dict]:
+        scan = prepare(path)
+        arrays = {"image": scan.volume.data.numpy(), "mask": scan.mask.numpy(),
+                  "near_foreground": near_foreground(scan.mask, patch).numpy()}
+        return arrays, {"name": scan.name, "affine": scan.volume.affine.tolist()}
+
+    return Request("ppr-scan", [path], {"patch": patch}, build)
+
+
+def cached_scan(entry: Entry, path) -> PreparedScan:
+    """The prepared scan of ``path`` from its cache entry, mapped (read when used)."""
+    volume = Volume(entry.tensor("image"), np.array(entry.values["affine"]), Path(path))
+    return PreparedScan(entry.values["name"], volume, entry.tensor("mask"))
+
+
+def check_cohort(prepared: list[PreparedScan]) -> None:
+    """Refuse scans on different grids and warn about poorly co-registered ones (PPR needs
+    co-registered inputs)."""
     shapes = {item.volume.shape for item in prepared}
     if len(shapes) > 1:
         raise BrainkernelsError(f"the scans are not on one grid (shapes {sorted(shapes)}): PPR needs co-registered "
@@ -49,7 +73,6 @@ def prepare_cohort(scans: list[CQ500Scan]) -> list[PreparedScan]:
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         check_coregistration([item.volume for item in prepared])
-    return prepared
 
 
 def near_foreground(mask: Tensor, patch: int) -> Tensor:
@@ -63,41 +86,40 @@ def near_foreground(mask: Tensor, patch: int) -> Tensor:
 
 
 class PositionPatches(Dataset):
-    """One item per training volume: ``count`` patches at uniformly drawn centres, their true
+    """One item per cached training scan: ``count`` patches at uniformly drawn centres, their true
     normalised positions, and whether each holds any foreground (all-background patches are
-    left out of the loss, as in the paper). Centres come from torch's global generator, which
-    the trainer seeds and checkpoints."""
+    left out of the loss, as in the paper). Centres come from torch's generator."""
 
-    def __init__(self, scans: list[PreparedScan], patch: int, count: int) -> None:
-        if not scans:
+    def __init__(self, entries: list[Entry], patch: int, count: int) -> None:
+        if not entries:
             raise BrainkernelsError("no healthy training scans")
-        self.scans, self.patch, self.count = scans, patch, count
-        self.keep = [near_foreground(scan.mask, patch) for scan in scans]
+        self.entries, self.patch, self.count = entries, patch, count
 
     def __len__(self) -> int:
-        return len(self.scans)
+        return len(self.entries)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        volume = self.scans[index].volume.data
+        entry = self.entries[index]
+        volume = entry.tensor("image")
         shape = tuple(volume.shape[1:])
         centers = torch.stack([torch.randint(0, size, (self.count,)) for size in shape], dim=1)
         return {
             "patches": extract_patches3d(volume, centers, self.patch),
             "targets": normalised_positions(centers, shape),
-            "keep": self.keep[index][centers[:, 0], centers[:, 1], centers[:, 2]],
+            "keep": entry.tensor("near_foreground")[centers[:, 0], centers[:, 1], centers[:, 2]],
         }
 
 
 class WholeVolumes(Dataset):
-    """One item per training volume, for the autoencoder baseline."""
+    """One item per cached training scan, for the autoencoder baseline."""
 
-    def __init__(self, scans: list[PreparedScan]) -> None:
-        if not scans:
+    def __init__(self, entries: list[Entry]) -> None:
+        if not entries:
             raise BrainkernelsError("no healthy training scans")
-        self.scans = scans
+        self.entries = entries
 
     def __len__(self) -> int:
-        return len(self.scans)
+        return len(self.entries)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"image": self.scans[index].volume.data}
+        return {"image": self.entries[index].tensor("image")}

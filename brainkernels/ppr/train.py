@@ -11,14 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from brainkernels.data.cache import PreparedCache
 from brainkernels.data.layouts.cq500 import read_cq500
 from brainkernels.data.layouts.splits import split_by_subject
 from brainkernels.errors import BrainkernelsError
 from brainkernels.ppr import healthy_reference, reference_grid
 from brainkernels.ppr.autoencoder import AutoEncoder
-from brainkernels.ppr.data import PositionPatches, WholeVolumes, prepare_cohort
+from brainkernels.ppr.data import PositionPatches, WholeVolumes, cached_scan, check_cohort, preparation_request
 from brainkernels.ppr.model import PPRNet
 from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, latest_checkpoint, setup, teardown
+from brainkernels.runtime.prepared import cache_folder, prepared_entries
 from brainkernels.runtime.trained import load_trained_run
 
 METHOD = "ppr"
@@ -71,21 +73,26 @@ def reconstruction_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 
 def train(data: str | os.PathLike, out: str | os.PathLike, settings: PPRConfig, *, resume: bool = False,
-          quiet: bool = False) -> Path:
-    """Train on the healthy training scans of the cohort at ``data``; the run folder is ``out``."""
+          quiet: bool = False, cache: str | os.PathLike | None = None) -> Path:
+    """Train on the healthy training scans of the cohort at ``data``; the run folder is ``out``,
+    the prepared-volume cache ``cache`` (default: in the run folder)."""
     distributed = setup(settings.device)
     try:
         cohort = read_cq500(data)
         training, _ = healthy_split(cohort.scans, settings.split_seed)
-        prepared = prepare_cohort(training)
-        dataset = PositionPatches(prepared, settings.patch, settings.patches_per_step) if settings.model == "ppr" \
-            else WholeVolumes(prepared)
         run = RunFolder(out)
         if distributed.is_main:
             run.create()
             config.write_toml(settings, run.config)
-            reference_grid.save_footprints(run, prepared)
         distributed.barrier()
+        entries = prepared_entries([preparation_request(scan.path, settings.patch) for scan in training],
+                                   PreparedCache(cache_folder(cache, run.root)), distributed, quiet=quiet)
+        prepared = [cached_scan(entry, scan.path) for entry, scan in zip(entries, training, strict=True)]
+        check_cohort(prepared)
+        if distributed.is_main:
+            reference_grid.save_footprints(run, prepared)
+        dataset = PositionPatches(entries, settings.patch, settings.patches_per_step) if settings.model == "ppr" \
+            else WholeVolumes(entries)
         trainer = Trainer(
             method=METHOD, build_model=lambda: build_model(settings),
             build_optimizer=lambda parameters: torch.optim.Adam(parameters, lr=settings.lr),
