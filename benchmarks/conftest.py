@@ -12,10 +12,14 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 
+from brainkernels.data.volume import Volume, save_nifti
 from brainkernels.memory import format_bytes, measure_peak
 
 _results: dict[str, dict[str, dict]] = defaultdict(dict)
@@ -40,6 +44,26 @@ def device(request) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         pytest.skip("--bench-device cuda but no CUDA device is available")
     return device
+
+
+def _smooth_head(shape, seed: int, inside: float, spread: float, outside: float) -> np.ndarray:
+    """An ellipsoid 'head' of smoothly varying intensity on a constant background."""
+    rng = np.random.default_rng(seed)
+    axes = np.ogrid[tuple(slice(-1, 1, complex(0, n)) for n in shape)]
+    inner = sum(axis**2 for axis in axes) < 0.7
+    texture = scipy.ndimage.zoom(rng.standard_normal((8, 8, 8)), [n / 8 for n in shape], order=1)
+    return np.where(inner, inside + spread * texture, outside).astype(np.float32)
+
+
+def _save(path, data: np.ndarray, spacing: float = 1.0, dtype=np.int16) -> None:
+    save_nifti(Volume(torch.from_numpy(data)[None], np.diag([spacing] * 3 + [1.0])), path, dtype=dtype)
+
+
+@pytest.fixture(scope="session")
+def volumes():
+    """Synthetic volumes of any size (the synthetic cohorts are cubes): ``volumes.head(shape, seed,
+    inside, spread, outside)`` makes one, ``volumes.save(path, data, spacing, dtype)`` writes it."""
+    return SimpleNamespace(head=_smooth_head, save=_save)
 
 
 def _synchronized(fn, device: torch.device):

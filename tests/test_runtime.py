@@ -158,3 +158,21 @@ def test_out_of_memory_says_what_was_running_and_what_to_lower():
                                                 r"\(tile=128\).*lower --tile.*Tried to allocate 2.00 GiB"):
         run_cohort(["scan-3"], infer, alone, description="dense inference", sizes="tile=128", advice="lower --tile",
                    quiet=True)
+
+
+def _square_or_refuse(item: int) -> torch.Tensor:
+    if item == 3:
+        raise BrainkernelsError("scan-3: not a readable NIfTI file")
+    return torch.tensor(float(item * item))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_cohort_inputs_load_in_workers_in_order_and_errors_stay_one_line(workers):
+    alone = Distributed(rank=0, world_size=1, device=torch.device("cpu"))
+    results = run_cohort([0, 1, 2], lambda loaded: loaded.item() + 1, alone, description="toy", load=_square_or_refuse,
+                         workers=workers, quiet=True)
+    assert results == [1.0, 2.0, 5.0]
+    with pytest.raises(BrainkernelsError) as raised:
+        run_cohort([1, 2, 3, 4], lambda loaded: loaded, alone, description="toy", load=_square_or_refuse,
+                   workers=workers, quiet=True)
+    assert str(raised.value) == "scan-3: not a readable NIfTI file"

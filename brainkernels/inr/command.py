@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from brainkernels.runtime import config
-from brainkernels.runtime.command import add_train_verb
+from brainkernels.runtime.command import add_train_verb, add_workers_option
 
 
 def _ages(text: str) -> list[float]:
@@ -44,7 +44,8 @@ def _evaluate(arguments: argparse.Namespace) -> int:
     from brainkernels.inr.evaluate import evaluate, format_table
 
     summary = evaluate(arguments.model, arguments.data, arguments.out, fit_steps=arguments.fit_steps,
-                       fit_voxels=arguments.fit_voxels, device=arguments.device, quiet=arguments.quiet)
+                       fit_voxels=arguments.fit_voxels, device=arguments.device, workers=arguments.workers,
+                       quiet=arguments.quiet)
     print(format_table({"model": summary}))
     return 0
 
@@ -116,6 +117,7 @@ def register_command(commands) -> None:
     _inference_options(evaluate)
     evaluate.add_argument("--data", required=True, help="the dHCP-layout folder the run was trained on")
     evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
+    add_workers_option(evaluate)
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _fitting_options(evaluate)
     evaluate.set_defaults(run=_evaluate)

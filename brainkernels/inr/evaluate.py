@@ -13,11 +13,11 @@ import numpy as np
 from scipy import stats
 
 from brainkernels.data.atomic import write_csv
-from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
+from brainkernels.data.layouts.dhcp import DHCPScan, read_dhcp, scans_by_subject
 from brainkernels.data.preprocess import foreground_mask
 from brainkernels.data.volume import Volume, load_nifti
 from brainkernels.errors import BrainkernelsError
-from brainkernels.inr.data import prepare_input
+from brainkernels.inr.data import ModelGrid, ModelInput, prepare_input
 from brainkernels.inr.figures import head_circumference_plot
 from brainkernels.inr.infer import FIT_STEPS, decode, fit_latent
 from brainkernels.inr.train import INRConfig, TrainedINR, load_trained, split_test_subjects, train
@@ -26,6 +26,7 @@ from brainkernels.metrics.undefined import Undefined
 from brainkernels.runtime import setup, teardown
 from brainkernels.runtime.inference import run_cohort
 from brainkernels.runtime.prepared import CACHE_FOLDER
+from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
 HEAD_THRESHOLD = 0.2
 """Normalised intensity above which a voxel is head (scalp and brain; background noise and the
@@ -51,10 +52,15 @@ def test_pairs(data: str | os.PathLike, split_seed: int) -> list[tuple]:
     return [(sessions[subject][0], sessions[subject][-1]) for subject in test]
 
 
-def predict_pair(trained: TrainedINR, first, last, *, fit_steps: int, fit_voxels: int | None) -> dict:
-    """Fit on ``first``, predict ``last``; the metrics of the prediction against ``last``."""
-    source = prepare_input(load_nifti(first.t2w_path), trained.grid, str(first.t2w_path))
-    truth = prepare_input(load_nifti(last.t2w_path), trained.grid, str(last.t2w_path))
+def load_pair(pair: tuple[DHCPScan, DHCPScan], grid: ModelGrid) -> tuple:
+    """(first, last, the first's model input, the last's model input)."""
+    return *pair, *(prepare_input(load_nifti(scan.t2w_path), grid, str(scan.t2w_path)) for scan in pair)
+
+
+def predict_pair(trained: TrainedINR, first: DHCPScan, last: DHCPScan, source: ModelInput, truth: ModelInput, *,
+                 fit_steps: int, fit_voxels: int | None) -> dict:
+    """Fit on ``first`` (its model input ``source``), predict ``last``; the metrics of the prediction
+    against ``last`` (``truth``)."""
     latent = fit_latent(trained.model, source, first.age_weeks, steps=fit_steps, voxels=fit_voxels)
     predicted = decode(trained.model, latent, last.age_weeks, trained.grid.model_shape).cpu()
     target = truth.image
@@ -84,26 +90,28 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     }
 
 
-def _pair_rows(run_dir, data, *, fit_steps: int | None, fit_voxels: int | None, device: str,
+def _pair_rows(run_dir, data, *, fit_steps: int | None, fit_voxels: int | None, device: str, workers: int,
                quiet: bool) -> list[dict]:
     distributed = setup(device)
     try:
         trained = load_trained(run_dir, distributed.device)
         steps = fit_steps or FIT_STEPS[trained.settings.dims]
         return run_cohort(test_pairs(data, trained.settings.split_seed),
-                          lambda pair: predict_pair(trained, *pair, fit_steps=steps, fit_voxels=fit_voxels),
-                          distributed, description="inr evaluation", quiet=quiet,
-                          advice="Pass --fit-voxels to fit on sampled voxels.")
+                          lambda loaded: predict_pair(trained, *loaded, fit_steps=steps, fit_voxels=fit_voxels),
+                          distributed, description="inr evaluation", load=lambda pair: load_pair(pair, trained.grid),
+                          workers=workers, quiet=quiet, advice="Pass --fit-voxels to fit on sampled voxels.")
     finally:
         teardown()
 
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              fit_steps: int | None = None, fit_voxels: int | None = None, device: str = "auto",
-             quiet: bool = False) -> dict[str, float]:
+             workers: int = DEFAULT_WORKERS, quiet: bool = False) -> dict[str, float]:
     """Evaluate a run on the held-out pairs of ``data``; writes ``pairs.csv``, ``summary.csv`` and
-    ``head_circumference.png`` to ``out`` (default RUN/evaluation) and returns the summary."""
-    rows = _pair_rows(run_dir, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=device, quiet=quiet)
+    ``head_circumference.png`` to ``out`` (default RUN/evaluation) and returns the summary.
+    ``workers`` processes load the next pairs meanwhile."""
+    rows = _pair_rows(run_dir, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=device, workers=workers,
+                      quiet=quiet)
     out = Path(out) if out is not None else Path(run_dir) / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
@@ -126,7 +134,7 @@ def ablation(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfi
         variant = dataclasses.replace(settings, ssl=ssl, sgla=probability if sgla else 0.0)
         run = train(data, out / name, variant, quiet=quiet, cache=out / CACHE_FOLDER)
         rows[name] = _pair_rows(run, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=settings.device,
-                                   quiet=quiet)
+                                workers=settings.workers, quiet=quiet)
         write_csv(run / "pairs.csv", rows[name])
         results[name] = summarise(rows[name])
     write_csv(out / "ablation.csv", [{"variant": name, "ssl": ABLATION[name][0], "sgla": ABLATION[name][1], **summary}

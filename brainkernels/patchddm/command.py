@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from brainkernels.runtime.command import add_train_verb
+from brainkernels.runtime.command import add_train_verb, add_workers_option
 
 
 def _int_list(text: str) -> list[int]:
@@ -22,7 +22,7 @@ def _segment(arguments: argparse.Namespace) -> int:
 
     written = segment(arguments.model, arguments.input, arguments.out, steps=arguments.steps,
                       ensemble=arguments.ensemble, seed=arguments.seed, precision=arguments.precision,
-                      device=arguments.device, quiet=arguments.quiet)
+                      device=arguments.device, workers=arguments.workers, quiet=arguments.quiet)
     print(f"wrote {len(written)} segmentation(s) (mask, probability, variance, PNG) to {arguments.out}")
     return 0
 
@@ -32,7 +32,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
     summary = evaluate(arguments.model, arguments.data, arguments.out, steps=arguments.steps,
                        ensemble=arguments.ensemble, seed=arguments.seed, precision=arguments.precision,
-                       device=arguments.device, quiet=arguments.quiet)
+                       device=arguments.device, workers=arguments.workers, quiet=arguments.quiet)
     print(f"{'steps':>5} {'ensemble':>8} {'Dice':>15} {'HD95 (mm)':>17}")
     for row in summary:
         print(f"{row['steps']:>5} {row['ensemble']:>8} {row['dice_mean']:>8.3f} ± {row['dice_std']:.3f} "
@@ -51,6 +51,7 @@ def _sampling_options(parser: argparse.ArgumentParser, *, lists: bool) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="dtype the network samples in (bf16: about half the memory, on a GPU)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_workers_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -20,11 +20,12 @@ from brainkernels.errors import BrainkernelsError  # noqa: E402
 from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
 from brainkernels.metrics.segmentation import dice, hausdorff95  # noqa: E402
 from brainkernels.metrics.undefined import Undefined  # noqa: E402
-from brainkernels.patchddm.data import prepare_subject  # noqa: E402
+from brainkernels.patchddm.data import PreparedSubject, prepare_subject  # noqa: E402
 from brainkernels.patchddm.infer import Segmentation, sample_members  # noqa: E402
 from brainkernels.patchddm.train import load_trained, split_subjects  # noqa: E402
 from brainkernels.runtime import RunFolder, setup, teardown  # noqa: E402
 from brainkernels.runtime.inference import run_cohort  # noqa: E402
+from brainkernels.runtime.trainer import DEFAULT_WORKERS  # noqa: E402
 from brainkernels.runtime.progress import progress  # noqa: E402
 
 FIGURE_CHANNEL = MODALITIES.index("flair")  # the sequence the tumour shows best on
@@ -72,18 +73,19 @@ def _load_for_sampling(run_dir, device: torch.device, precision: str):
 
 def segment(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.PathLike, *, steps: int = 20,
             ensemble: int = 5, seed: int = 0, precision: str = "fp32", device: str = "auto",
-            quiet: bool = False) -> list[Path]:
+            workers: int = DEFAULT_WORKERS, quiet: bool = False) -> list[Path]:
     """Segment every subject under ``inputs``; writes ``<id>_mask``, ``_probability`` and
-    ``_variance`` NIfTI files (the input's affine) and PNGs to ``out``. Returns the mask paths."""
+    ``_variance`` NIfTI files (the input's affine) and PNGs to ``out``. Returns the mask paths.
+    ``workers`` processes load the next subjects meanwhile."""
     distributed = setup(device)
     try:
         model, settings = _load_for_sampling(run_dir, distributed.device, precision)
         subjects = input_subjects(inputs)
         out = Path(out)
 
-        def one(subject: BraTSSubject) -> Path:
-            prepared = prepare_subject(subject, settings.volume_multiple, with_mask=False)
-            bar = progress(total=steps * ensemble, desc=f"{subject.subject_id}: {ensemble} x {steps} steps",
+        def one(prepared: PreparedSubject) -> Path:
+            subject_id = prepared.subject_id
+            bar = progress(total=steps * ensemble, desc=f"{subject_id}: {ensemble} x {steps} steps",
                            quiet=quiet, main=distributed.is_main, leave=False)
             segmentation = sample_members(model, settings, prepared, steps=steps, ensemble=ensemble, seed=seed,
                                           on_step=lambda: bar.update(1))
@@ -91,11 +93,12 @@ def segment(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os
             affine = prepared.affine
             for name, data in (("mask", segmentation.mask().float()), ("probability", segmentation.mean()),
                                ("variance", segmentation.variance())):
-                save_nifti(Volume(data[None], affine), out / f"{subject.subject_id}_{name}.nii.gz")
-            write_figures(out, subject.subject_id, prepared.image[(slice(None), *prepared.crop)], segmentation)
-            return out / f"{subject.subject_id}_mask.nii.gz"
+                save_nifti(Volume(data[None], affine), out / f"{subject_id}_{name}.nii.gz")
+            write_figures(out, subject_id, prepared.image[(slice(None), *prepared.crop)], segmentation)
+            return out / f"{subject_id}_mask.nii.gz"
 
-        return run_cohort(subjects, one, distributed, description="segmentation", quiet=quiet,
+        return run_cohort(subjects, one, distributed, description="segmentation", workers=workers, quiet=quiet,
+                          load=lambda subject: prepare_subject(subject, settings.volume_multiple, with_mask=False),
                           sizes=f"mode={settings.mode}", advice="Use --precision bf16 (about half the memory) or a "
                           "GPU with more memory; sampling needs the whole volume at once.")
     finally:
@@ -142,7 +145,7 @@ def _plot(summary: list[dict], title: str) -> plt.Figure:
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              steps: list[int] = (20,), ensemble: list[int] = (1, 3, 5), seed: int = 0, precision: str = "fp32",
-             device: str = "auto", quiet: bool = False) -> list[dict]:
+             device: str = "auto", workers: int = DEFAULT_WORKERS, quiet: bool = False) -> list[dict]:
     """Dice and HD95 on the run's test subjects of the cohort at ``data``, for every number of
     sampling steps and ensemble size; writes ``scores.csv`` (per subject), ``summary.csv``,
     ``dice_vs_ensemble.png`` and the figures of each subject to ``out`` (default RUN/evaluation).
@@ -158,19 +161,19 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
         out = Path(out) if out is not None else RunFolder(run_dir).root / "evaluation"
         sizes = sorted(set(ensemble))
 
-        def one(subject: BraTSSubject) -> list[dict]:
-            prepared = prepare_subject(subject, settings.volume_multiple, with_mask=True)
+        def one(prepared: PreparedSubject) -> list[dict]:
+            subject_id = prepared.subject_id
             truth = prepared.mask[0][prepared.crop]
             rows = []
-            for count in progress(steps, desc=subject.subject_id, quiet=quiet, main=distributed.is_main, leave=False):
+            for count in progress(steps, desc=subject_id, quiet=quiet, main=distributed.is_main, leave=False):
                 segmentation = sample_members(model, settings, prepared, steps=count, ensemble=sizes[-1], seed=seed)
-                rows += [{"subject": subject.subject_id, "steps": count, **row}
-                         for row in _scores(segmentation, truth, sizes)]
+                rows += [{"subject": subject_id, "steps": count, **row} for row in _scores(segmentation, truth, sizes)]
             image = prepared.image[(slice(None), *prepared.crop)]
-            write_figures(out / "figures", subject.subject_id, image, segmentation, truth)
+            write_figures(out / "figures", subject_id, image, segmentation, truth)
             return rows
 
-        results = run_cohort(test, one, distributed, description="evaluation", quiet=quiet,
+        results = run_cohort(test, one, distributed, description="evaluation", workers=workers, quiet=quiet,
+                             load=lambda subject: prepare_subject(subject, settings.volume_multiple, with_mask=True),
                              sizes=f"mode={settings.mode}", advice="Evaluate on a GPU with more memory.")
         rows = [row for rows in results for row in rows]
         summary = _summary(rows)

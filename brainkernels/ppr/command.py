@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from brainkernels.runtime.command import add_train_verb
+from brainkernels.runtime.command import add_train_verb, add_workers_option
 
 
 def _detect(arguments: argparse.Namespace) -> int:
     from brainkernels.ppr.evaluate import detect
 
     written = detect(arguments.model, arguments.input, arguments.out, mode=arguments.mode, tile=arguments.tile,
-                     device=arguments.device, masks=arguments.masks, quiet=arguments.quiet)
+                     device=arguments.device, masks=arguments.masks, workers=arguments.workers,
+                     quiet=arguments.quiet)
     print(f"wrote {len(written)} anomaly map(s) with PNG overlays to {arguments.out}")
     return 0
 
@@ -20,7 +21,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
     from brainkernels.ppr.evaluate import evaluate
 
     aurocs = evaluate(arguments.model, arguments.data, arguments.out, mode=arguments.mode, tile=arguments.tile,
-                      device=arguments.device, quiet=arguments.quiet)
+                      device=arguments.device, workers=arguments.workers, quiet=arguments.quiet)
     scores = list(aurocs)
     print(f"{'AUROC':<26}" + "".join(f"{score:>24}" for score in scores))
     for name in aurocs[scores[0]]:
@@ -34,6 +35,7 @@ def _inference_options(parser: argparse.ArgumentParser) -> None:
                         help="dense: exact fully convolutional evaluation (fast); patchwise: one patch per voxel")
     parser.add_argument("--tile", type=int, default=64, help="dense tile edge in voxels (memory grows with it)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_workers_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -18,17 +18,18 @@ from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from brainkernels.data.atomic import write_csv  # noqa: E402
 from brainkernels.data.layouts.common import load_label_map  # noqa: E402
-from brainkernels.data.layouts.cq500 import MASK_MEANING, load_cq500_structures, read_cq500  # noqa: E402
+from brainkernels.data.layouts.cq500 import MASK_MEANING, CQ500Scan, load_cq500_structures, read_cq500  # noqa: E402
 from brainkernels.data.volume import Volume, is_nifti, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
 from brainkernels.metrics.undefined import Undefined  # noqa: E402
 from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
 from brainkernels.ppr import healthy_reference, reference_grid  # noqa: E402
-from brainkernels.ppr.data import prepare  # noqa: E402
+from brainkernels.ppr.data import PreparedScan, prepare  # noqa: E402
 from brainkernels.ppr.healthy_reference import error_maps  # noqa: E402
 from brainkernels.ppr.train import healthy_split, load_trained  # noqa: E402
 from brainkernels.runtime import RunFolder, setup, teardown  # noqa: E402
 from brainkernels.runtime.inference import run_cohort  # noqa: E402
+from brainkernels.runtime.trainer import DEFAULT_WORKERS  # noqa: E402
 
 MAX_ERROR = "maximum error (paper)"
 VS_HEALTHY = "vs healthy scans"
@@ -81,10 +82,11 @@ def anomaly_figure(scan, error: torch.Tensor, label: str, unit: str, truth: dict
 
 def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.PathLike, *,
            mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
-           masks: str | os.PathLike | None = None, quiet: bool = False) -> list[Path]:
+           masks: str | os.PathLike | None = None, workers: int = DEFAULT_WORKERS,
+           quiet: bool = False) -> list[Path]:
     """Write ``<name>_anomaly.nii.gz`` (input geometry) and ``<name>_anomaly.png`` for each input scan.
     ``masks``: a folder of voxel masks ``<name>.nii.gz`` (0 none, 1 haemorrhage, 2 fracture) whose
-    findings the figures cut through and outline."""
+    findings the figures cut through and outline; ``workers`` processes load the next scans meanwhile."""
     distributed = setup(device)
     try:
         model, _ = load_trained(run_dir, distributed.device)
@@ -97,8 +99,7 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
         if masks is not None and not Path(masks).is_dir():
             raise BrainkernelsError(f"--masks {masks}: no such folder")
 
-        def one(path: Path) -> Path:
-            scan = prepare(path)
+        def one(scan: PreparedScan) -> Path:
             warning = reference_grid.check_scan(training, scan)
             if warning:
                 warnings.warn(warning, stacklevel=1)
@@ -112,8 +113,9 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
             save_figure(anomaly_figure(scan, error, label, unit, truth, warning), out / f"{scan.name}_anomaly.png")
             return target
 
-        return run_cohort(_input_files(Path(inputs)), one, distributed, description="anomaly maps", quiet=quiet,
-                          sizes=f"mode={mode}, tile={tile}", advice="Lower --tile to use less memory.")
+        return run_cohort(_input_files(Path(inputs)), one, distributed, description="anomaly maps", load=prepare,
+                          workers=workers, quiet=quiet, sizes=f"mode={mode}, tile={tile}",
+                          advice="Lower --tile to use less memory.")
     finally:
         teardown()
 
@@ -167,7 +169,7 @@ def _score_column(label: str, score: str) -> str:
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
-             quiet: bool = False) -> dict[str, dict[str, float]]:
+             workers: int = DEFAULT_WORKERS, quiet: bool = False) -> dict[str, dict[str, float]]:
     """Score the held-out scans of the cohort at ``data`` per structure; writes ``scores.csv``,
     ``auroc.csv`` and ``roc.png`` to ``out`` (default ``RUN/evaluation``) and returns the AUROCs,
     per score (``VS_HEALTHY`` when the run has a healthy reference, and ``MAX_ERROR``) and structure."""
@@ -181,12 +183,14 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
         structures = load_cq500_structures(cohort).data[0].long()
         _, held_out = healthy_split(cohort.scans, settings.split_seed)
 
-        def one(record):
-            maps = error_maps(model, prepare(record.path), distributed.device, mode, tile)
+        def one(loaded: tuple[CQ500Scan, PreparedScan]):
+            record, scan = loaded
+            maps = error_maps(model, scan, distributed.device, mode, tile)
             return record, _structure_scores(maps, None if reference is None else reference.normalise(maps),
                                              structures)
 
-        results = run_cohort(held_out, one, distributed, description="evaluation", quiet=quiet,
+        results = run_cohort(held_out, one, distributed, description="evaluation",
+                             load=lambda record: (record, prepare(record.path)), workers=workers, quiet=quiet,
                              sizes=f"mode={mode}, tile={tile}", advice="Lower --tile to use less memory.")
         scores = ([VS_HEALTHY] if reference is not None else []) + [MAX_ERROR]
         aurocs: dict[str, dict[str, float]] = {score: {} for score in scores}

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from brainkernels.runtime import config
+from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
 
 def add_train_verb(verbs, config_class: type, train: Callable[..., Any], *, help: str, description: str,
@@ -32,3 +33,19 @@ def add_train_verb(verbs, config_class: type, train: Callable[..., Any], *, help
 
     parser.set_defaults(run=run)
     return parser
+
+
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of processes (0 or more); got {text!r}")
+    return count
+
+
+def add_workers_option(parser: argparse.ArgumentParser) -> None:
+    """``--workers N`` of a cohort-inference verb."""
+    parser.add_argument("--workers", type=_worker_count, default=DEFAULT_WORKERS, metavar="N",
+                        help=f"processes that load the next volumes during inference (default {DEFAULT_WORKERS})")

@@ -155,7 +155,7 @@ class Trainer:
                        for local in range(first, first + size)]
             step = (epoch + 1) * self.steps_per_epoch
 
-    def _batches(self, start_step: int, device: torch.device) -> Iterator[list[Any]]:
+    def batches(self, start_step: int, device: torch.device) -> Iterator[list[Any]]:
         """The micro-batches of every step from ``start_step`` on, in a resumable order."""
         workers = self.config.workers
         # One loader for the whole run, so its workers live as long as the run (as persistent
@@ -242,7 +242,7 @@ class Trainer:
             if distributed.active else model
         bar = progress(total=config.steps, initial=start, desc=f"{self.method} training", quiet=self.quiet,
                        main=distributed.is_main)
-        batches = self._batches(start, device)
+        batches = self.batches(start, device)
         started, samples = time.perf_counter(), 0
         try:
             for step in range(start + 1, config.steps + 1):
