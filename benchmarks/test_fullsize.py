@@ -22,6 +22,7 @@ from brainkernels.data.layouts.brats import read_brats
 from brainkernels.data.layouts.cq500 import read_cq500
 from brainkernels.data.layouts.dhcp import read_dhcp
 from brainkernels.data.synth.cohort import write_cohort
+from brainkernels.patchddm.train import split_subjects
 
 pytestmark = pytest.mark.fullsize
 
@@ -49,7 +50,8 @@ def test_patchddm_on_brats_sized_subjects(tmp_path, volumes):
     brainkernels("patchddm", "train", "--data", tmp_path / "brats", "--out", run, "--patch", "128", "--channels", "4",
                  "--channel-mult", "1,2,2,2", "--steps", "2", "--checkpoint-every", "2", "--workers", "2",
                  "--device", "cpu", "--quiet")
-    assert len(list((run / "cache").iterdir())) == 3  # the training split, prepared once
+    training = split_subjects(read_brats(tmp_path / "brats"), 0)[0]
+    assert len(list((run / "cache").iterdir())) == len(training)  # prepared once each
     subject = read_brats(tmp_path / "brats")[0]
     brainkernels("patchddm", "segment", "--model", run, "--input", subject.t1.parent, "--out", tmp_path / "masks",
                  "--steps", "2", "--ensemble", "1", "--device", "cpu", "--quiet")

@@ -44,14 +44,12 @@ def test_a_built_entry_is_mapped_equal_and_not_built_again(tmp_path, source):
     again = store.get(preparation.request())
     assert preparation.runs == 1 and again.folder == built.folder
     arrays, values = preparation()
-    image = again.array("image")
-    assert isinstance(image, np.memmap) and not image.flags.writeable
-    np.testing.assert_array_equal(image, arrays["image"])
-    np.testing.assert_array_equal(again.array("mask"), arrays["mask"])
+    np.testing.assert_array_equal(again.tensor("image").numpy(), arrays["image"])
+    np.testing.assert_array_equal(again.tensor("mask").numpy(), arrays["mask"])
     assert again.values == values
-    tensor = again.tensor("image")
-    tensor += 1  # stays in this process: the entry is unchanged
-    np.testing.assert_array_equal(again.array("image"), arrays["image"])
+    image = again.tensor("image")
+    image += 1  # stays in this process: the entry is unchanged
+    np.testing.assert_array_equal(again.tensor("image").numpy(), arrays["image"])
 
 
 def test_a_changed_source_rebuilds_its_entry(tmp_path, source):
@@ -62,7 +60,7 @@ def test_a_changed_source_rebuilds_its_entry(tmp_path, source):
     assert store.lookup(preparation.request()) is None
     second = store.get(preparation.request())
     assert preparation.runs == 2 and second.folder == first.folder  # replaced in place
-    np.testing.assert_array_equal(second.array("image")[0], np.arange(100, 200, dtype=np.float32))
+    np.testing.assert_array_equal(second.tensor("image")[0].numpy(), np.arange(100, 200, dtype=np.float32))
     # Same size, new modification time: rebuilt too.
     os.utime(source, ns=(0, source.stat().st_mtime_ns + 10**9))
     store.get(preparation.request())
@@ -75,7 +73,7 @@ def test_other_settings_make_another_entry(tmp_path, source):
     plain, doubled = CountingPreparation(source), CountingPreparation(source, scale=2.0)
     first, second = store.get(plain.request()), store.get(doubled.request())
     assert first.folder != second.folder and plain.runs == doubled.runs == 1
-    np.testing.assert_array_equal(second.array("image"), 2 * first.array("image"))
+    np.testing.assert_array_equal(second.tensor("image").numpy(), 2 * first.tensor("image").numpy())
     assert store.get(plain.request()).folder == first.folder and plain.runs == 1
 
 
@@ -102,7 +100,7 @@ def test_a_build_killed_while_writing_leaves_no_entry(tmp_path, source, monkeypa
     assert store.lookup(preparation.request()) is None
     monkeypatch.setattr(cache_module.np, "save", real_save)
     entry = store.get(preparation.request())
-    np.testing.assert_array_equal(entry.array("mask"), preparation()[0]["mask"])
+    np.testing.assert_array_equal(entry.tensor("mask").numpy(), preparation()[0]["mask"])
     assert [path.name for path in store.root.iterdir()] == [entry.folder.name]
 
 
@@ -121,7 +119,7 @@ def test_cohort_entries_are_built_once_in_order(tmp_path, source):
     entries = prepared_entries([p.request() for p in preparations], store, ALONE, quiet=True)
     entries = prepared_entries([p.request() for p in preparations], store, ALONE, quiet=True)
     assert [p.runs for p in preparations] == [1, 1]
-    assert entries[1].array("image").shape == (1, 50)
+    assert entries[1].tensor("image").shape == (1, 50)
 
 
 def test_entries_missing_on_another_rank_are_reported(tmp_path, source):

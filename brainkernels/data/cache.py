@@ -69,18 +69,15 @@ class Request:
 
 @dataclass(frozen=True)
 class Entry:
-    """A built entry: ``array(name)`` maps one array read-only, ``tensor(name)`` as a tensor;
-    ``values`` are the small ones."""
+    """A built entry: ``tensor(name)`` maps one of its arrays; ``values`` are the small ones."""
 
     folder: Path
     values: dict[str, Any]
 
-    def array(self, name: str) -> np.ndarray:
-        return np.load(self.folder / f"{name}.npy", mmap_mode="r")
-
     def tensor(self, name: str) -> torch.Tensor:
-        """The array as a tensor over the same pages. Copy-on-write: torch has no read-only
-        tensors, and an in-place change must stay private rather than crash on a read-only map."""
+        """The array as a tensor over the file's pages, read when used. Mapped copy-on-write:
+        torch has no read-only tensors, and an in-place change must stay in this process rather
+        than crash on a read-only map."""
         return torch.from_numpy(np.load(self.folder / f"{name}.npy", mmap_mode="c"))
 
 

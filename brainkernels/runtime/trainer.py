@@ -96,7 +96,8 @@ class SeededSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only: torch.manual_seed would also reseed an initialised GPU's.
+            torch.default_generator.manual_seed(seed)
             return self.dataset[index]
 
 
