@@ -64,7 +64,7 @@ def test_ppr_on_256_cubed_ct(tmp_path, volumes):
     for index, scan in enumerate(scans):
         volumes.save(scan.path, volumes.head((256,) * 3, index, 40, 15, -1000))
     run = tmp_path / "run"
-    brainkernels("ppr", "train", "--data", tmp_path / "cq500", "--out", run, "--m", "1", "--steps", "2",
+    brainkernels("ppr", "train", "--data", tmp_path / "cq500", "--out", run, "--network-size", "1", "--steps", "2",
                  "--checkpoint-every", "2", "--workers", "2", "--device", "cpu", "--quiet")
     assert list((run / "cache").iterdir())
     brainkernels("ppr", "detect", "--model", run, "--input", scans[0].path, "--out", tmp_path / "maps",
