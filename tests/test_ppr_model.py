@@ -47,18 +47,19 @@ def test_anomaly_maps_agree_for_any_shape_and_tile(shape, tile, channels):
     torch.testing.assert_close(dense, patchwise, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("patch", [19, 31])
+@pytest.mark.parametrize("patch", [19, 20])  # both stem kernels (4 and 3)
 def test_bfloat16_dense_map_is_within_twice_pytorchs_bfloat16_error(patch):
     """Against float64: the bfloat16 dense pass (channels-last, pooling as sums) errs at most twice
     as much as PyTorch's own bfloat16 autocast of the paper's patchwise evaluation."""
     torch.manual_seed(patch)
     model = trained_looking(PPRNet(m=4, patch=patch))
-    volume = torch.rand(1, 9, 10, 11)
+    volume = torch.rand(1, 7, 8, 9)
     exact = anomaly_map(model.double(), volume.double(), mode="patchwise")
     model.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         pytorch = anomaly_map(model, volume, mode="patchwise").double()
     ours = anomaly_map(model, volume, precision="bfloat16").double()
+    assert not torch.equal(ours, anomaly_map(model, volume, precision="float32").double())  # bf16 did run
     pytorch_error = (pytorch - exact).abs().max().item()
     assert 0 < (ours - exact).abs().max().item() <= 2 * pytorch_error
 
