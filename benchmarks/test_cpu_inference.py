@@ -4,6 +4,9 @@
   channels-last pass in float32 and in bfloat16 (autocast; fast where the CPU has AVX512-BF16 or
   AMX). Default scale: a 32^3 volume in one tile of 32; ``--bench-scale full``: a 64x128x128 slab
   in tiles of 64 (1/16 of a 256^3 scan, the time scaled up to the whole scan).
+- GroupNorm + SiLU with one channel per group (the paper's 29 channels in 29 groups), inference
+  on (1, 29, 64, 64, 64) (128^3 at full scale): the fused kernel with each instruction set this
+  CPU runs beside PyTorch's group_norm + silu.
 
 The INR's instruction-set paths are in test_coordinate_mlp.py ("brainkernels (avx2)" etc.), beside
 the eager and compiled reference network.
@@ -15,7 +18,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from brainkernels import backends
+from brainkernels.ops import group_norm_silu
 from brainkernels.ppr.infer import predict_dense
 from brainkernels.ppr.model import PPRNet
 
@@ -41,3 +47,27 @@ def test_ppr_dense_anomaly_map(compare, device, scale, path):
     compare(group, path, lambda: predict_dense(model, volume, tile=tile, **PPR_PATHS[path]),
             baseline=path.startswith("main"), extrapolate=extrapolate, native_bfloat16=torch.cpu._is_avx512_bf16_supported())
 
+
+
+@pytest.mark.parametrize("name", [f"brainkernels ({isa})" for isa in backends.CPU_ISAS] + ["PyTorch group_norm + silu"])
+def test_group_norm_silu_one_channel_per_group(compare, device, scale, name):
+    if device.type != "cpu":
+        pytest.skip("the CPU paths (--bench-device cpu)")
+    side = 128 if scale == "full" else 64
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 29, side, side, side, generator=generator)
+    weight, bias = torch.randn(29, generator=generator), torch.randn(29, generator=generator)
+    if name.startswith("PyTorch"):
+        def run():
+            with torch.no_grad():
+                return F.silu(F.group_norm(x, 29, weight, bias))
+    else:
+        isa = name[name.index("(") + 1:-1]
+        if not backends.cpu_isa_runs(isa):
+            pytest.skip(f"this CPU cannot run {isa}")
+
+        def run():
+            with torch.no_grad(), backends.use_cpu_isa(isa):
+                return group_norm_silu(x, 29, weight, bias)
+    compare(f"GroupNorm + SiLU inference, 29 channels / 29 groups, {side}^3, fp32", name, run,
+            baseline=name.startswith("PyTorch"))

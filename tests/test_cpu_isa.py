@@ -6,6 +6,7 @@ import math
 
 import pytest
 import test_coordinate_mlp as mlp
+import test_group_norm_silu as gn
 import torch
 from conftest import requires_extension
 from hypothesis import HealthCheck, given, settings
@@ -81,6 +82,27 @@ def test_coordinate_mlp_float32_property(isa, width, depth, activation, shape, b
     largest = max(g.abs().max() for g in expected_grads)
     for got, want in zip(our_grads, expected_grads):
         assert (got.double() - want).abs().max() <= 1e-4 * max(largest, 1.0) * math.sqrt(math.prod(shape))
+
+
+@pytest.mark.parametrize("dtype", gn.DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(gn.CASES))
+def test_group_norm_silu_values_and_gradients(isa, dtype, case):
+    gn.test_values_and_gradients_equal_reference(CPU, "cpu", dtype, case)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sliced"])
+def test_group_norm_silu_any_strides(isa, layout):
+    gn.test_any_strides(CPU, "cpu", layout)
+
+
+def test_group_norm_silu_special_values(isa):
+    gn.test_special_values(CPU, "cpu")
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(**gn.PROPERTY_INPUTS)
+def test_group_norm_silu_property_float64(isa, **inputs):
+    gn.check_property(CPU, "cpu", **inputs)
 
 
 def test_forcing_an_unknown_or_unrunnable_isa_is_refused():
