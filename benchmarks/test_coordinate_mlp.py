@@ -17,7 +17,9 @@ residual (232,450 parameters), float32. Groups:
   its output slice (and the latent's gradient), so the peak of the whole pass is the peak of any
   micro-batch: the reference runs three (first, middle, last) to keep the suite short.
 
-``extra_info`` holds ``voxels_per_s`` beside the fixture's peak bytes.
+``extra_info`` holds ``voxels_per_s`` beside the fixture's peak bytes. "brainkernels" runs the
+widest instruction set the CPU has; "brainkernels (avx2)" and "(baseline)" force the narrower
+paths (on an AVX-512 CPU, avx2 is the path main ran before AVX-512 kernels existed).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from brainkernels import backends
 from brainkernels.inr import footprint
 from brainkernels.inr.footprint import paper_pair
 from brainkernels.ops.coordinate_mlp import grid_coordinates
@@ -43,16 +46,38 @@ def _side(scale: str) -> int:
     return 64 if scale == "full" else 32
 
 
-@pytest.mark.parametrize("name", ["brainkernels", "reference (eager)", "reference (torch.compile)"])
+FUSED = ["brainkernels", "brainkernels (avx2)", "brainkernels (baseline)"]
+
+
+def _forced_isa(name: str, fn):
+    """``fn`` with the instruction set a "brainkernels (isa)" name forces (skipped where the CPU lacks it)."""
+    if "(" not in name or not name.startswith("brainkernels"):
+        return fn
+    isa = name[name.index("(") + 1:-1]
+    if not backends.cpu_isa_runs(isa):
+        pytest.skip(f"this CPU cannot run {isa}")
+    if backends.cpu_isa() == isa:
+        pytest.skip(f"{isa} is this CPU's default: the 'brainkernels' row")
+
+    def run():
+        with backends.use_cpu_isa(isa):
+            return fn()
+
+    return run
+
+
+@pytest.mark.parametrize("name", [*FUSED, "reference (eager)", "reference (torch.compile)"])
 def test_forward(compare, benchmark, device, scale, name):
     side = _side(scale)
     shape = (side, side, side)
     fused, reference, latent = paper_pair(device)
     coords = grid_coordinates(shape, device=device)  # the reference's input, made outside the timing
-    if name == "brainkernels":
+    if name.startswith("brainkernels"):
         def run():
             with torch.no_grad():
                 return fused(shape, 0.5, latent)
+
+        run = _forced_isa(name, run)
     else:
         model = torch.compile(reference) if "compile" in name else reference
 
@@ -61,7 +86,7 @@ def test_forward(compare, benchmark, device, scale, name):
                 return model(coords, 0.5, latent)
 
         run()  # compile (or warm up) outside the measurement
-    compare(f"INR forward {side}^3 (paper network, fp32)", name, run, baseline=name != "brainkernels",
+    compare(f"INR forward {side}^3 (paper network, fp32)", name, run, baseline=name.startswith("reference"),
             voxels=math.prod(shape), output_bytes=4 * math.prod(shape))
     _record_rate(benchmark, math.prod(shape))
 
@@ -79,7 +104,7 @@ def _training_step(model, voxels, latent, target, weights: bool):
 
 
 @pytest.mark.parametrize("weights", [True, False], ids=["training", "latent fitting"])
-@pytest.mark.parametrize("name", ["brainkernels", "reference (eager)", "reference (torch.compile)"])
+@pytest.mark.parametrize("name", [*FUSED, "reference (eager)", "reference (torch.compile)"])
 def test_forward_backward(compare, benchmark, device, scale, name, weights):
     if "compile" in name and scale != "full":
         pytest.skip("compiling the reference's backward takes most of a minute; --bench-scale full runs it")
@@ -87,15 +112,15 @@ def test_forward_backward(compare, benchmark, device, scale, name, weights):
     shape = (side, side, side)
     fused, reference, latent = paper_pair(device)
     target = torch.rand(shape, generator=torch.Generator().manual_seed(1)).to(device)
-    if name == "brainkernels":
-        step = _training_step(fused, shape, latent, target, weights)
+    if name.startswith("brainkernels"):
+        step = _forced_isa(name, _training_step(fused, shape, latent, target, weights))
     else:
         model = torch.compile(reference) if "compile" in name else reference
         coords = grid_coordinates(shape, device=device)
         step = _training_step(model, coords, latent, target.flatten(), weights)
         step()
     what = "training step (latent + weights)" if weights else "latent-fitting step (network fixed)"
-    compare(f"INR {what} {side}^3", name, step, baseline=name != "brainkernels", voxels=math.prod(shape))
+    compare(f"INR {what} {side}^3", name, step, baseline=name.startswith("reference"), voxels=math.prod(shape))
     _record_rate(benchmark, math.prod(shape))
 
 

@@ -22,6 +22,9 @@ from brainkernels import _extension
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
 ENV_VAR = "BRAINKERNELS_BACKEND"
+# The instruction sets the C++ kernels are compiled for, chosen at run time (widest first).
+CPU_ISAS = ("avx512", "avx2", "baseline")
+CPU_ISA_ENV_VAR = "BRAINKERNELS_CPU_ISA"
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("brainkernels_backend", default=None)
 
@@ -51,6 +54,33 @@ def forced_backend() -> tuple[str, str] | None:
     if name:
         return _check_name(name, f"environment variable {ENV_VAR}"), f"{ENV_VAR}={name}"
     return None
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels run with: forced (``use_cpu_isa``, BRAINKERNELS_CPU_ISA)
+    or the widest this CPU has."""
+    return _extension.load().cpu_isa_active()
+
+
+def cpu_isa_runs(name: str) -> bool:
+    """Whether this CPU runs the kernels compiled for instruction set ``name``."""
+    best = _extension.load().cpu_isa_best()
+    return CPU_ISAS.index(name) >= CPU_ISAS.index(best)
+
+
+@contextlib.contextmanager
+def use_cpu_isa(name: str) -> Iterator[None]:
+    """Run the CPU kernels inside the block with instruction set ``name`` (to test every path on
+    one machine); a ValueError when this CPU cannot run it. Not thread-local: it sets the process."""
+    if name not in CPU_ISAS:
+        raise ValueError(f"use_cpu_isa(name): unknown instruction set {name!r}; expected one of {', '.join(CPU_ISAS)}")
+    kernels = _extension.load()
+    previous = kernels.cpu_isa_active() if kernels.cpu_isa_is_forced() else ""
+    kernels.cpu_isa_force(name)
+    try:
+        yield
+    finally:
+        kernels.cpu_isa_force(previous)
 
 
 def triton_installed() -> bool:

@@ -42,7 +42,7 @@ def collect() -> dict:
     if extension["available"]:
         module = _extension.load()
         extension.update(openmp_threads=module.openmp_max_threads(), cuda_built=bool(module.cuda_built),
-                         cuda_architectures=module.cuda_architectures or None)
+                         cuda_architectures=module.cuda_architectures or None, cpu_isa=backends.cpu_isa())
     forced = backends.forced_backend()
     return {
         "brainkernels": brainkernels.__version__,
@@ -74,6 +74,7 @@ def format_report(info: dict) -> str:
         f" (CUDA {info['torch_cuda'] or 'none'})",
         "backends:",
         f"  cpu extension   {cpu}",
+        f"  cpu vectors     {extension.get('cpu_isa', 'n/a')} (set {backends.CPU_ISA_ENV_VAR}={'|'.join(backends.CPU_ISAS)} to force one)",
         f"  cuda extension  {cuda}",
         f"  triton          {triton_text}",
         "  reference       yes (plain PyTorch)",

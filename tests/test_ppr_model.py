@@ -19,13 +19,14 @@ def trained_looking(model: PPRNet) -> PPRNet:
     return model.eval()
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("m", [1, 4])
 @pytest.mark.parametrize("patch", [19, 24, 31, 32])
-def test_dense_equals_patchwise_at_random_and_border_voxels(m, patch):
+def test_dense_equals_patchwise_at_random_and_border_voxels(m, patch, layout):
     torch.manual_seed(m * 100 + patch)
     model = trained_looking(PPRNet(m=m, patch=patch))
     volume = torch.randn(1, 13, 17, 11)
-    dense = predict_dense(model, volume, tile=8, padding_value=-1.0)
+    dense = predict_dense(model, volume, tile=8, padding_value=-1.0, layout=layout)
     corners = torch.tensor([[0, 0, 0], [12, 16, 10], [0, 16, 0], [12, 0, 10], [6, 8, 5]])
     centers = torch.cat([corners, torch.stack([torch.randint(0, n, (20,)) for n in (13, 17, 11)], dim=1)])
     with torch.no_grad():
@@ -44,6 +45,33 @@ def test_anomaly_maps_agree_for_any_shape_and_tile(shape, tile, channels):
     patchwise = anomaly_map(model, volume, mode="patchwise", chunk=97)
     assert dense.shape == shape
     torch.testing.assert_close(dense, patchwise, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("patch", [19, 20])  # both stem kernels (4 and 3)
+def test_bfloat16_dense_map_is_within_twice_pytorchs_bfloat16_error(patch):
+    """Against float64: the bfloat16 dense pass (channels-last, pooling as sums) errs at most twice
+    as much as PyTorch's own bfloat16 autocast of the paper's patchwise evaluation."""
+    torch.manual_seed(patch)
+    model = trained_looking(PPRNet(m=4, patch=patch))
+    volume = torch.rand(1, 7, 8, 9)
+    exact = anomaly_map(model.double(), volume.double(), mode="patchwise")
+    model.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pytorch = anomaly_map(model, volume, mode="patchwise").double()
+    ours = anomaly_map(model, volume, precision="bfloat16").double()
+    assert not torch.equal(ours, anomaly_map(model, volume, precision="float32").double())  # bf16 did run
+    pytorch_error = (pytorch - exact).abs().max().item()
+    assert 0 < (ours - exact).abs().max().item() <= 2 * pytorch_error
+
+
+def test_precision_auto_is_bfloat16_only_on_a_cpu_that_has_it():
+    from brainkernels.ppr.infer import native_bfloat16, resolve_precision
+
+    expected = torch.bfloat16 if native_bfloat16() else torch.float32
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("auto", torch.device("meta")) == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16; got 'half'"):
+        anomaly_map(PPRNet(m=1, patch=19), torch.zeros(1, 4, 4, 4), precision="half")
 
 
 def test_anomaly_map_is_the_position_error():

@@ -61,7 +61,8 @@ def test_command_line_train_detect_evaluate(cohort, tmp_path):
     assert trained.returncode == 0, trained.stderr
     scan = sorted((cohort / "scans").iterdir())[0]
     detected = brainkernels("ppr", "detect", "--model", str(run), "--input", str(scan), "--out", str(tmp_path / "maps"),
-                            "--masks", str(cohort / "masks"), "--quiet", cwd=tmp_path)
+                            "--masks", str(cohort / "masks"), "--precision", "auto",
+                            "--quiet", cwd=tmp_path)
     assert detected.returncode == 0, detected.stderr
     name = scan.name.removesuffix(".nii.gz")
     anomaly = nib.load(tmp_path / "maps" / f"{name}_anomaly.nii.gz")

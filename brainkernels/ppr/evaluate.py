@@ -26,6 +26,7 @@ from brainkernels.figures import figure_point, orthogonal_slices, save_figure  #
 from brainkernels.ppr import healthy_reference, reference_grid  # noqa: E402
 from brainkernels.ppr.data import PreparedScan, prepare  # noqa: E402
 from brainkernels.ppr.healthy_reference import error_maps  # noqa: E402
+from brainkernels.ppr.infer import Precision  # noqa: E402
 from brainkernels.ppr.train import healthy_split, load_trained  # noqa: E402
 from brainkernels.runtime import RunFolder, setup, teardown  # noqa: E402
 from brainkernels.runtime.inference import run_cohort  # noqa: E402
@@ -83,7 +84,7 @@ def anomaly_figure(scan, error: torch.Tensor, label: str, unit: str, truth: dict
 def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.PathLike, *,
            mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
            masks: str | os.PathLike | None = None, workers: int = DEFAULT_WORKERS,
-           quiet: bool = False) -> list[Path]:
+           quiet: bool = False, precision: Precision = "float32") -> list[Path]:
     """Write ``<name>_anomaly.nii.gz`` (input geometry) and ``<name>_anomaly.png`` for each input scan.
     ``masks``: a folder of voxel masks ``<name>.nii.gz`` (0 none, 1 haemorrhage, 2 fracture) whose
     findings the figures cut through and outline; ``workers`` processes load the next scans meanwhile."""
@@ -103,7 +104,7 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
             warning = reference_grid.check_scan(training, scan)
             if warning:
                 warnings.warn(warning, stacklevel=1)
-            maps = error_maps(model, scan, distributed.device, mode, tile)
+            maps = error_maps(model, scan, distributed.device, mode, tile, precision)
             if reference is not None:
                 maps = reference.normalise(maps)
             error = next(iter(maps.values())) * scan.mask
@@ -169,7 +170,8 @@ def _score_column(label: str, score: str) -> str:
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
-             workers: int = DEFAULT_WORKERS, quiet: bool = False) -> dict[str, dict[str, float]]:
+             workers: int = DEFAULT_WORKERS, quiet: bool = False,
+             precision: Precision = "float32") -> dict[str, dict[str, float]]:
     """Score the held-out scans of the cohort at ``data`` per structure; writes ``scores.csv``,
     ``auroc.csv`` and ``roc.png`` to ``out`` (default ``RUN/evaluation``) and returns the AUROCs,
     per score (``VS_HEALTHY`` when the run has a healthy reference, and ``MAX_ERROR``) and structure."""
@@ -185,7 +187,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
 
         def one(loaded: tuple[CQ500Scan, PreparedScan]):
             record, scan = loaded
-            maps = error_maps(model, scan, distributed.device, mode, tile)
+            maps = error_maps(model, scan, distributed.device, mode, tile, precision)
             return record, _structure_scores(maps, None if reference is None else reference.normalise(maps),
                                              structures)
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from brainkernels.data.atomic import atomic_path
 from brainkernels.ppr.autoencoder import AutoEncoder, reconstruction_error
 from brainkernels.ppr.data import PreparedScan
-from brainkernels.ppr.infer import anomaly_map
+from brainkernels.ppr.infer import Precision, anomaly_map
 from brainkernels.runtime import RunFolder, latest_checkpoint
 
 FILE = "healthy_reference.pt"
@@ -28,15 +28,15 @@ TOP_FRACTION = 0.001  # a structure's score: the mean of its highest 0.1 % of vo
 
 
 def error_maps(model, scan: PreparedScan, device: torch.device | str = "cpu", mode: str = "dense",
-               tile: int = 64) -> dict[str, Tensor]:
+               tile: int = 64, precision: Precision = "float32") -> dict[str, Tensor]:
     """The anomaly map(s) of a prepared scan, computed on ``device`` and returned on the CPU, zero
     outside the head: one for PPR, one per post-filter for the AE. Outside the head there is no
     anatomy that could be anomalous, and PPR never trains on all-air patches, so its error there
-    means nothing."""
+    means nothing. ``precision``: PPR's dense pass (see ``predict_dense``)."""
     volume, head = scan.volume.data.to(device), scan.mask.to(device)
     if isinstance(model, AutoEncoder):
         return {name: (reconstruction_error(model, volume, filter=name) * head).cpu() for name in ("erosion", "median")}
-    return {"ppr": (anomaly_map(model, volume, mode=mode, tile=tile) * head).cpu()}
+    return {"ppr": (anomaly_map(model, volume, mode=mode, tile=tile, precision=precision) * head).cpu()}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ in chunks. Both give the same map.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
@@ -15,6 +16,10 @@ from torch import Tensor
 
 from brainkernels.ops import extract_patches3d
 from brainkernels.ppr.model import PPRNet
+
+Precision = Literal["auto", "float32", "bfloat16"]
+PRECISIONS = ("auto", "float32", "bfloat16")
+Layout = Literal["channels_last", "contiguous"]
 
 
 def normalised_positions(centers: Tensor, shape: tuple[int, int, int]) -> Tensor:
@@ -47,11 +52,36 @@ def predict_patchwise(model: PPRNet, volume: Tensor, *, stride: int = 1, chunk: 
     return output.reshape(3, *grid)
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bf16 convolutions
+    run about twice as fast as float32; elsewhere they are emulated and slower."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> torch.dtype:
+    """The compute dtype of the dense pass: ``auto`` is bfloat16 on a CPU with native bfloat16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cpu" and native_bfloat16() else torch.float32
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+
+
 @torch.no_grad()
-def predict_dense(model: PPRNet, volume: Tensor, *, tile: int = 32, padding_value: float = 0.0) -> Tensor:
-    """(3, D, H, W) predicted positions of the patches centred at every voxel, one tile at a time."""
+def predict_dense(model: PPRNet, volume: Tensor, *, tile: int = 32, padding_value: float = 0.0,
+                  precision: Precision = "float32", layout: Layout | None = None) -> Tensor:
+    """(3, D, H, W) predicted positions of the patches centred at every voxel, one tile at a time.
+
+    ``precision``: the dtype the network computes in (bfloat16 through autocast; ``auto``: see
+    :func:`resolve_precision`). ``layout``: see ``PPRNet.forward_dense``; by default channels-last
+    on a CPU, where it is faster, and the contiguous one elsewhere (measured on GPUs).
+    """
     if tile < 1:
         raise ValueError(f"tile must be at least 1; got {tile}")
+    dtype = resolve_precision(precision, volume.device)
+    layout = layout or ("channels_last" if volume.device.type == "cpu" else "contiguous")
+    # (autocast refuses the meta device even when disabled)
+    autocast = torch.autocast(volume.device.type, dtype) if dtype != torch.float32 else contextlib.nullcontext()
     shape = tuple(volume.shape[1:])
     patch, half = model.patch, model.patch // 2
     output = volume.new_empty((3, *shape))
@@ -64,15 +94,19 @@ def predict_dense(model: PPRNet, volume: Tensor, *, tile: int = 32, padding_valu
                 region_size = tile + patch - 1
                 region_start = torch.tensor([[z - half, y - half, x - half]], device=volume.device)
                 region = extract_patches3d(volume, region_start + region_size // 2, region_size, padding_value)
-                predicted = model.forward_dense(region)[0]
+                with autocast:
+                    predicted = model.forward_dense(region, layout)[0]
                 output[:, z:z + extent[0], y:y + extent[1], x:x + extent[2]] = \
                     predicted[:, :extent[0], :extent[1], :extent[2]]
     return output
 
 
 def anomaly_map(model: PPRNet, volume: Tensor, *, mode: Literal["dense", "patchwise"] = "dense", tile: int = 32,
-                stride: int = 1, chunk: int = 2048, padding_value: float = 0.0) -> Tensor:
+                stride: int = 1, chunk: int = 2048, padding_value: float = 0.0,
+                precision: Precision = "float32") -> Tensor:
     """(D, H, W) position error at every voxel of a (C, D, H, W) volume.
+
+    ``precision`` applies to the dense mode (see :func:`predict_dense`).
 
     With ``patchwise`` and ``stride`` > 1 only every stride-th patch is evaluated and the error
     map is interpolated (trilinear) to the full grid, as in the paper's reduced-resolution runs.
@@ -84,7 +118,8 @@ def anomaly_map(model: PPRNet, volume: Tensor, *, mode: Literal["dense", "patchw
     model.eval()
     shape = tuple(volume.shape[1:])
     if mode == "dense":
-        predicted, stride = predict_dense(model, volume, tile=tile, padding_value=padding_value), 1
+        predicted = predict_dense(model, volume, tile=tile, padding_value=padding_value, precision=precision)
+        stride = 1
     else:
         predicted = predict_patchwise(model, volume, stride=stride, chunk=chunk, padding_value=padding_value)
     squared = torch.zeros_like(predicted[0])

@@ -7,10 +7,11 @@
 // voxels, and every activation function vectorises over voxels. Each 6 x 16 tile of a layer's
 // product is activated while it sits in registers (WIRE's freqs and scale rows of the same
 // units share a tile), so pre-activations never make a pass through memory. The code is
-// written with GCC vector extensions and compiled twice, for AVX2+FMA (chosen at run time where
-// the CPU has it, with an intrinsics micro-kernel) and for the baseline ISA, so the wheel needs
-// no -march flag. At the paper's width the AVX2 product runs near the FMA peak (about twice
-// the rate PyTorch's MKL GEMM reaches on the same AMD core).
+// written with GCC vector extensions and compiled three times, for AVX-512, AVX2+FMA (each with
+// an intrinsics micro-kernel) and the baseline ISA; brainkernels/cpu_isa.h chooses at run time,
+// so the wheel needs no -march flag. At the paper's width the AVX2 product runs near the FMA
+// peak (about twice the rate PyTorch's MKL GEMM reaches on the same AMD core); AVX-512 doubles
+// the lanes on a core with 512-bit FMA units (Zen 5, Intel server cores).
 #include <omp.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
@@ -27,6 +28,7 @@
 #include <type_traits>
 
 #include "brainkernels/coordinate_mlp.h"
+#include "brainkernels/cpu_isa.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 // 32-byte vectors only ever live inside always-inlined code of the AVX2 instantiation.
@@ -42,7 +44,7 @@ namespace {
 // Block widths are padded to a multiple of this (a multiple of every micro-tile width), so
 // the forward and the recomputation run on whole vectors; padded voxels have coordinate 0,
 // receive zero output gradient and are never written or summed.
-constexpr int64_t kPad = 16;
+constexpr int64_t kPad = 32;
 constexpr int kRows = 6;  // micro-tile rows: 6 x 2 accumulator vectors fit 16 vector registers
 
 int64_t maps_of(int32_t activation) { return activation == kWire ? 2 : 1; }
@@ -242,6 +244,46 @@ BK_INLINE void micro_tile(int64_t K, const T* const* rows, int64_t a_cols, const
 }
 
 #if BK_HAVE_AVX2_PATH
+// The float AVX-512 tile: as the AVX2 one below, with 16 lanes.
+template <int MR>
+__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"), noinline)) void micro_tile_avx512(
+    int64_t K, const float* const* rows, int64_t a_cols, const float* B, int64_t b_rows, float* C, int64_t c_rows,
+    const float* bias, bool accumulate) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  const float *a0 = rows[0], *a1 = MR > 1 ? rows[1] : a0, *a2 = MR > 2 ? rows[2] : a0;
+  const float *a3 = MR > 3 ? rows[3] : a0, *a4 = MR > 4 ? rows[4] : a0, *a5 = MR > 5 ? rows[5] : a0;
+#define BK_INIT(r, lo, hi)                         \
+  if (MR > r) {                                    \
+    if (accumulate) {                              \
+      lo = _mm512_loadu_ps(C + r * c_rows);        \
+      hi = _mm512_loadu_ps(C + r * c_rows + 16);   \
+    } else if (bias != nullptr) {                  \
+      lo = hi = _mm512_set1_ps(bias[r]);           \
+    }                                              \
+  }
+#define BK_FMA(r, lo, hi)                                   \
+  if (MR > r) {                                             \
+    const __m512 ar = _mm512_set1_ps(a##r[k * a_cols]);     \
+    lo = _mm512_fmadd_ps(ar, b0, lo);                       \
+    hi = _mm512_fmadd_ps(ar, b1, hi);                       \
+  }
+#define BK_STORE(r, lo, hi)                    \
+  if (MR > r) {                                \
+    _mm512_storeu_ps(C + r * c_rows, lo);      \
+    _mm512_storeu_ps(C + r * c_rows + 16, hi); \
+  }
+  BK_TILE_ROWS(BK_INIT)
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(B + k * b_rows), b1 = _mm512_loadu_ps(B + k * b_rows + 16);
+    BK_TILE_ROWS(BK_FMA)
+  }
+  BK_TILE_ROWS(BK_STORE)
+#undef BK_STORE
+#undef BK_FMA
+#undef BK_INIT
+}
+
 // The float AVX2 tile with intrinsics, so weights are broadcast straight from memory (a pure
 // load) instead of through a shuffle that competes with the FMAs. Not inlined: a call costs
 // nothing beside a tile's K * 12 FMAs, and it keeps AVX2 out of the generic code.
@@ -292,6 +334,10 @@ BK_INLINE void tile_rows(int64_t K, const T* const* rows, int64_t a_cols, const 
 #if BK_HAVE_AVX2_PATH
   if constexpr (std::is_same_v<T, float> && Bytes == 32) {
     micro_tile_avx2<MR>(K, rows, a_cols, B, b_rows, C, c_rows, bias, accumulate);
+    return;
+  }
+  if constexpr (std::is_same_v<T, float> && Bytes == 64) {
+    micro_tile_avx512<MR>(K, rows, a_cols, B, b_rows, C, c_rows, bias, accumulate);
     return;
   }
 #endif
@@ -782,12 +828,19 @@ __attribute__((target("avx2,fma"))) void backward_range_avx2(const CoordinateMlp
   backward_range<T, IO, 32>(a, first, last, grad_out, grad_strides, partial, grad_coords, scratch);
 }
 
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
+#define BK_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
+
+template <class T, class IO>
+BK_AVX512 void forward_range_avx512(const CoordinateMlpArgs& a, int64_t first, int64_t last, IO* out, T* scratch) {
+  forward_range<T, IO, 64>(a, first, last, out, scratch);
 }
-#else
-bool cpu_has_avx2() { return false; }
+
+template <class T, class IO>
+BK_AVX512 void backward_range_avx512(const CoordinateMlpArgs& a, int64_t first, int64_t last, const IO* grad_out,
+                                     const int64_t* grad_strides, T* partial, IO* grad_coords, T* scratch) {
+  backward_range<T, IO, 64>(a, first, last, grad_out, grad_strides, partial, grad_coords, scratch);
+}
+#undef BK_AVX512
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -798,17 +851,21 @@ int64_t num_blocks(const CoordinateMlpArgs& a) { return (a.num_voxels + a.block 
 template <class T, class IO>
 void forward_typed(const CoordinateMlpArgs& a, IO* out, T* scratch, int num_threads) {
   const int64_t blocks = num_blocks(a), slot = forward_scratch(a);
-  const bool avx2 = cpu_has_avx2();
+  const Isa isa = cpu_isa_active();
 #pragma omp parallel for num_threads(num_threads) schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
     T* mine = scratch + omp_get_thread_num() * slot;
 #if BK_HAVE_AVX2_PATH
-    if (avx2) {
+    if (isa == Isa::kAvx512) {
+      forward_range_avx512<T, IO>(a, b, b + 1, out, mine);
+      continue;
+    }
+    if (isa == Isa::kAvx2) {
       forward_range_avx2<T, IO>(a, b, b + 1, out, mine);
       continue;
     }
 #endif
-    (void)avx2;
+    (void)isa;
     forward_range_baseline<T, IO>(a, b, b + 1, out, mine);
   }
 }
@@ -818,7 +875,7 @@ void backward_typed(const CoordinateMlpArgs& a, const IO* grad_out, const int64_
                     T* partials, int64_t num_partials, IO* grad_coords, T* scratch) {
   const int64_t blocks = num_blocks(a), slot = backward_scratch(a);
   const int64_t size = packed_size(a.dims, a.width, a.depth, maps_of(a.activation));
-  const bool avx2 = cpu_has_avx2();
+  const Isa isa = cpu_isa_active();
   // Partial p always covers the same blocks, whichever thread runs it.
 #pragma omp parallel for num_threads(static_cast<int>(num_partials)) schedule(static, 1)
   for (int64_t p = 0; p < num_partials; ++p) {
@@ -827,12 +884,16 @@ void backward_typed(const CoordinateMlpArgs& a, const IO* grad_out, const int64_
     const int64_t first = blocks * p / num_partials, last = blocks * (p + 1) / num_partials;
     T* mine = scratch + p * slot;
 #if BK_HAVE_AVX2_PATH
-    if (avx2) {
+    if (isa == Isa::kAvx512) {
+      backward_range_avx512<T, IO>(a, first, last, grad_out, grad_strides, partial, grad_coords, mine);
+      continue;
+    }
+    if (isa == Isa::kAvx2) {
       backward_range_avx2<T, IO>(a, first, last, grad_out, grad_strides, partial, grad_coords, mine);
       continue;
     }
 #endif
-    (void)avx2;
+    (void)isa;
     backward_range_baseline<T, IO>(a, first, last, grad_out, grad_strides, partial, grad_coords, mine);
   }
   // Sum the partials into grad_packed in row order: deterministic for a given num_partials.
