@@ -5,23 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from brainkernels.data.volume import is_nifti
+from brainkernels.data.volume import nifti_files_below
 from brainkernels.errors import BrainkernelsError
 
 
 def nifti_inputs(input_dir: Path) -> list[Path]:
-    """NIfTI files under ``input_dir``, relative to it; hidden files and folders are skipped
-    (among them the temporaries of interrupted atomic writes)."""
+    """NIfTI files under ``input_dir``, relative to it; hidden entries (among them the temporaries
+    of interrupted atomic writes) are passed over, and entries named like a NIfTI file that are not
+    one are named (``nifti_files_below``)."""
     if not input_dir.is_dir():
         raise BrainkernelsError(f"--in {input_dir}: not a folder")
-    relative = (path.relative_to(input_dir) for path in input_dir.rglob("*") if path.is_file())
-    visible = [path for path in relative if not any(part.startswith(".") for part in path.parts)]
-    if not visible:
-        raise BrainkernelsError(f"--in {input_dir}: the folder is empty")
-    found = sorted(path for path in visible if is_nifti(path))
-    if not found:
-        raise BrainkernelsError(f"--in {input_dir}: no .nii or .nii.gz files in the folder or below it")
-    return found
+    try:
+        found = nifti_files_below(input_dir)
+    except ValueError as error:
+        raise BrainkernelsError(f"--in {error}") from None
+    return [path.relative_to(input_dir) for path in found]
 
 
 def check_output_folder(output_dir: Path, input_dir: Path, overwrite: bool) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ import torch  # noqa: E402
 
 from brainkernels.data.atomic import write_csv  # noqa: E402
 from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject  # noqa: E402
+from brainkernels.data.outputs import check_output_folder  # noqa: E402
 from brainkernels.data.volume import Volume, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
 from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
@@ -72,17 +74,22 @@ def _load_for_sampling(run_dir, device: torch.device, precision: str):
 
 def segment(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.PathLike, *, steps: int = 20,
             ensemble: int = 5, seed: int = 0, precision: str = "fp32", device: str = "auto",
-            quiet: bool = False) -> list[Path]:
+            overwrite: bool = False, quiet: bool = False) -> list[Path]:
     """Segment every subject under ``inputs``; writes ``<id>_mask``, ``_probability`` and
-    ``_variance`` NIfTI files (the input's affine) and PNGs to ``out``. Returns the mask paths."""
+    ``_variance`` NIfTI files (the input's affine) and PNGs to ``out`` (new or empty, or with
+    ``overwrite`` replacing those files). Returns the mask paths."""
+    out = check_output_folder(out, overwrite)
+    subjects = input_subjects(inputs)
     distributed = setup(device)
     try:
         model, settings = _load_for_sampling(run_dir, distributed.device, precision)
-        subjects = input_subjects(inputs)
-        out = Path(out)
 
         def one(subject: BraTSSubject) -> Path:
             prepared = prepare_subject(subject, settings.volume_multiple, with_mask=False)
+            for modality, channel in zip(MODALITIES, prepared.image[(slice(None), *prepared.crop)]):
+                if channel.min() == channel.max():  # a blank or failed export: the model never saw one
+                    warnings.warn(f"{subject.modality_paths[modality]}: every voxel has the same value; the "
+                                  "segmentation of this subject is not reliable", stacklevel=1)
             bar = progress(total=steps * ensemble, desc=f"{subject.subject_id}: {ensemble} x {steps} steps",
                            quiet=quiet, main=distributed.is_main, leave=False)
             segmentation = sample_members(model, settings, prepared, steps=steps, ensemble=ensemble, seed=seed,

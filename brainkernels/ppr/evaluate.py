@@ -19,7 +19,8 @@ from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 from brainkernels.data.atomic import write_csv  # noqa: E402
 from brainkernels.data.layouts.common import load_label_map  # noqa: E402
 from brainkernels.data.layouts.cq500 import MASK_MEANING, load_cq500_structures, read_cq500  # noqa: E402
-from brainkernels.data.volume import Volume, is_nifti, save_nifti  # noqa: E402
+from brainkernels.data.outputs import check_output_folder  # noqa: E402
+from brainkernels.data.volume import Volume, nifti_files_below, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
 from brainkernels.metrics.undefined import Undefined  # noqa: E402
 from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
@@ -41,15 +42,13 @@ STRUCTURES = {
 }
 
 
-def _input_files(path: Path) -> list[Path]:
+def input_files(path: Path) -> list[Path]:
+    """A scan, or the scans in a folder and below it."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise BrainkernelsError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
-    if not files:
-        raise BrainkernelsError(f"{path}: no .nii or .nii.gz files")
-    return files
+    return nifti_files_below(path)
 
 
 def _true_findings(masks: Path | None, scan) -> dict[str, torch.Tensor]:
@@ -81,10 +80,15 @@ def anomaly_figure(scan, error: torch.Tensor, label: str, unit: str, truth: dict
 
 def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.PathLike, *,
            mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
-           masks: str | os.PathLike | None = None, quiet: bool = False) -> list[Path]:
-    """Write ``<name>_anomaly.nii.gz`` (input geometry) and ``<name>_anomaly.png`` for each input scan.
-    ``masks``: a folder of voxel masks ``<name>.nii.gz`` (0 none, 1 haemorrhage, 2 fracture) whose
-    findings the figures cut through and outline."""
+           masks: str | os.PathLike | None = None, overwrite: bool = False, quiet: bool = False) -> list[Path]:
+    """Write ``<name>_anomaly.nii.gz`` (input geometry) and ``<name>_anomaly.png`` for each input scan
+    into ``out`` (new or empty, or with ``overwrite`` replacing those files). ``masks``: a folder of
+    voxel masks ``<name>.nii.gz`` (0 none, 1 haemorrhage, 2 fracture) whose findings the figures cut
+    through and outline."""
+    out = check_output_folder(out, overwrite)
+    files = input_files(Path(inputs))
+    if masks is not None and not Path(masks).is_dir():
+        raise BrainkernelsError(f"--masks {masks}: no such folder")
     distributed = setup(device)
     try:
         model, _ = load_trained(run_dir, distributed.device)
@@ -92,10 +96,7 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
         training = reference_grid.load_footprints(run)
         reference = _healthy_reference(run)
         label, unit = ("position error", "") if reference is None else ("error vs healthy scans", "SD")
-        out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        if masks is not None and not Path(masks).is_dir():
-            raise BrainkernelsError(f"--masks {masks}: no such folder")
 
         def one(path: Path) -> Path:
             scan = prepare(path)
@@ -112,7 +113,7 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
             save_figure(anomaly_figure(scan, error, label, unit, truth, warning), out / f"{scan.name}_anomaly.png")
             return target
 
-        return run_cohort(_input_files(Path(inputs)), one, distributed, description="anomaly maps", quiet=quiet,
+        return run_cohort(files, one, distributed, description="anomaly maps", quiet=quiet,
                           sizes=f"mode={mode}, tile={tile}", advice="Lower --tile to use less memory.")
     finally:
         teardown()

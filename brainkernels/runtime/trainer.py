@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -50,11 +51,22 @@ class TrainerConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "micro_batches", "log_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"key '{name}' must be at least 1; got {getattr(self, name)}")
-        if self.eval_every < 0:
-            raise ValueError(f"key 'eval_every' must be 0 or more; got {self.eval_every}")
+        self.require_at_least(1, "steps", "batch_size", "micro_batches", "log_every", "checkpoint_every",
+                              "keep_checkpoints")
+        self.require_at_least(0, "eval_every")
+
+    def require_at_least(self, minimum: int, *names: str) -> None:
+        """A method's configuration checks its counts with this: every count has a lower bound."""
+        for name in names:
+            if getattr(self, name) < minimum:
+                raise ValueError(f"key '{name}' must be at least {minimum}; got {getattr(self, name)}")
+
+    def require_positive(self, *names: str) -> None:
+        """Finite and above zero (a learning rate of nan or -1 trains nothing)."""
+        for name in names:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"key '{name}' must be a finite number above 0; got {value}")
 
 
 def seed_everything(seed: int) -> None:
