@@ -482,7 +482,8 @@ def test_dhcp_scan_age_must_be_weeks(tmp_path, age, shown):
     path = tmp_path / "sub-CC001" / "sub-CC001_sessions.tsv"
     pd.DataFrame({"session_id": ["7", "8"], "scan_age": ["40", age]}).to_csv(path, sep="\t", index=False)
     with pytest.raises(
-        ValueError, match=f"_sessions.tsv: scan_age on line 3 is {shown}; expected a postmenstrual age in weeks, 20 to 60"
+        ValueError,
+        match=f"_sessions.tsv: scan_age on line 3 is {shown}; expected a postmenstrual age in weeks, 20 to 60",
     ):
         read_dhcp(tmp_path)
 

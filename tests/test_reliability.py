@@ -81,6 +81,33 @@ def brats(tmp_path_factory):
     return root
 
 
+PATCHDDM_OPTIONS = ("--channels", "4", "--channel-mult", "1,2", "--patch", "8", "--steps", "1", "--device", "cpu",
+                    "--quiet")
+
+
+@pytest.fixture(scope="module")
+def patchddm_run(brats, tmp_path_factory):
+    run = tmp_path_factory.mktemp("patchddm") / "run"
+    assert brainkernels("patchddm", "train", "--data", brats, "--out", run, *PATCHDDM_OPTIONS).returncode == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def dhcp(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dhcp") / "cohort"
+    write_cohort("dhcp", root, subjects=4, shape=16, seed=2, rescanned=0.8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def inr_run(dhcp, tmp_path_factory):
+    run = tmp_path_factory.mktemp("inr") / "run"
+    result = brainkernels("inr", "train", "--data", dhcp, "--out", run, "--dims", "2", "--width", "16", "--depth", "3",
+                          "--latent-size", "8", "--batch-size", "2", "--steps", "2", "--device", "cpu", "--quiet")
+    assert result.returncode == 0, result.stderr
+    return run
+
+
 @pytest.fixture
 def scan(cq500):
     return sorted((cq500 / "scans").iterdir())[0]
@@ -298,8 +325,16 @@ def disk_refuses(monkeypatch):
 
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC])
-def test_outputs_on_a_disk_that_refuses_them(ppr_run, cq500, scan, tmp_path, disk_refuses, code):
+def test_outputs_on_a_disk_that_refuses_them(ppr_run, patchddm_run, inr_run, brats, dhcp, cq500, scan, tmp_path,
+                                             disk_refuses, code):
+    subject = sorted(path for path in brats.iterdir() if path.is_dir())[0]
+    t2w = sorted(dhcp.glob("sub-*/ses-*/anat/*_T2w.nii.gz"))[0]
     commands = [
+        ("patchddm", "segment", "--model", patchddm_run, "--input", subject, "--steps", "2", "--ensemble", "1",
+         "--device", "cpu", "--quiet", "--out", tmp_path / "segment"),
+        ("inr", "predict", "--model", inr_run, "--input", t2w, "--age-in", "40", "--ages", "30,35", "--fit-steps", "2",
+         "--device", "cpu", "--quiet", "--out", tmp_path / "predict"),
+        ("inr", "atlas", "--model", inr_run, "--ages", "30,40", "--device", "cpu", "--out", tmp_path / "atlas"),
         ("synth", "cq500", "--subjects", "2", "--shape", "16", "--quiet", "--out", tmp_path / "synth"),
         ("ppr", "detect", "--model", ppr_run, "--input", scan, "--quiet", "--out", tmp_path / "maps"),
         ("ppr", "evaluate", "--model", ppr_run, "--data", cq500, "--quiet", "--out", tmp_path / "evaluation"),
@@ -315,7 +350,7 @@ def test_outputs_on_a_disk_that_refuses_them(ppr_run, cq500, scan, tmp_path, dis
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "synth").exists()
     with pytest.raises(OSError):
-        main(["--debug", *map(str, commands[0])])
+        main(["--debug", *map(str, commands[3])])
 
 
 def test_a_full_disk_while_writing_a_checkpoint(tmp_path, monkeypatch):
@@ -420,8 +455,7 @@ def test_a_bad_brats_subject_is_refused_before_training(brats, tmp_path):
     seg = load_nifti(last.seg)
     seg.data[0, 0, 0, 0] = 3
     save_nifti(seg, last.seg, dtype=np.uint8)
-    options = ("--channels", "4", "--channel-mult", "1,2", "--patch", "8", "--steps", "1", "--device", "cpu", "--quiet")
-    refused(brainkernels("patchddm", "train", "--data", cohort, "--out", tmp_path / "run", *options),
+    refused(brainkernels("patchddm", "train", "--data", cohort, "--out", tmp_path / "run", *PATCHDDM_OPTIONS),
             f"{last.seg}: unexpected label values 3")
     assert not (tmp_path / "run").exists()
     save_nifti(load_nifti(brats / last.seg.relative_to(cohort)), last.seg, dtype=np.uint8)
@@ -429,7 +463,7 @@ def test_a_bad_brats_subject_is_refused_before_training(brats, tmp_path):
     shifted = flair.affine.copy()
     shifted[0, 3] += 5
     save_nifti(flair.with_data(flair.data, shifted), last.flair)
-    refused(brainkernels("patchddm", "train", "--data", cohort, "--out", tmp_path / "run", *options),
+    refused(brainkernels("patchddm", "train", "--data", cohort, "--out", tmp_path / "run", *PATCHDDM_OPTIONS),
             f"{last.flair}: affine differs")
 
 
@@ -500,17 +534,14 @@ def test_a_reader_vote_is_shown_as_written(cq500, tmp_path):
     refused(brainkernels("ppr", "train", "--data", cohort, "--out", tmp_path / "run"), "has 2")
 
 
-def test_segment_warns_about_a_blank_sequence(brats, tmp_path):
-    run = tmp_path / "run"
-    options = ("--channels", "4", "--channel-mult", "1,2", "--patch", "8", "--steps", "1", "--device", "cpu", "--quiet")
-    assert brainkernels("patchddm", "train", "--data", brats, "--out", run, *options).returncode == 0
+def test_segment_warns_about_a_blank_sequence(brats, patchddm_run, tmp_path):
     source = sorted(path for path in brats.iterdir() if path.is_dir())[0]
     subject = shutil.copytree(source, tmp_path / source.name)
     flair = subject / f"{source.name}_flair.nii.gz"
     volume = load_nifti(flair)
     save_nifti(volume.with_data(torch.zeros_like(volume.data)), flair)
-    result = brainkernels("patchddm", "segment", "--model", run, "--input", subject, "--steps", "2", "--ensemble", "1",
-                          "--device", "cpu", "--quiet", "--out", tmp_path / "out")
+    result = brainkernels("patchddm", "segment", "--model", patchddm_run, "--input", subject, "--steps", "2",
+                          "--ensemble", "1", "--device", "cpu", "--quiet", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert f"warning: {flair}: every voxel has the same value" in result.stderr
 

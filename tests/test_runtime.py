@@ -97,6 +97,14 @@ def test_resume_after_sigkill_while_writing_a_checkpoint(tmp_path):
     assert steps == [2, 4, 6, 8, 10, 12]
 
 
+def test_a_refused_run_folder_stops_every_rank(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    result = train(tmp_path / "run", *STEPS, processes=2, check=False)  # rank 1 used to wait for rank 0 forever
+    assert result.returncode != 0 and "the folder is not empty" in result.stderr
+    assert [path.name for path in (tmp_path / "run").iterdir()] == ["notes.txt"]
+
+
 def test_resume_takes_the_learning_rate_given_now(tmp_path):
     train(tmp_path / "run", *STEPS, "--steps", "8")
     train(tmp_path / "run", *STEPS, "--resume", "--lr", "1e-3")

@@ -113,7 +113,8 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
 
 
 def ablation(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, *, fit_steps: int | None = None,
-             fit_voxels: int | None = None, overwrite: bool = False, quiet: bool = False) -> dict[str, dict[str, float]]:
+             fit_voxels: int | None = None, overwrite: bool = False,
+             quiet: bool = False) -> dict[str, dict[str, float]]:
     """Train the four variants of ``settings`` (SSL off/on x SGLA off/on, SGLA with probability
     ``settings.sgla`` or the paper's 0.1) in ``out/<variant>``, evaluate each on the same test
     pairs; writes ``ablation.csv`` and ``head_circumference.png`` to ``out``."""

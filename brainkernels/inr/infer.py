@@ -26,7 +26,8 @@ def require_plausible(ages: Sequence[float]) -> None:
     for age in ages:
         if not plausible_age(age):
             low, high = PLAUSIBLE_AGE_WEEKS
-            raise BrainkernelsError(f"age {age:g} weeks is not a postmenstrual age (expected {low:g} to {high:g} weeks)")
+            raise BrainkernelsError(f"age {age:g} weeks is not a postmenstrual age (expected {low:g} to {high:g} "
+                                    "weeks)")
 
 
 def check_age(age_weeks: float) -> float:

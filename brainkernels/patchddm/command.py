@@ -45,7 +45,8 @@ def _sampling_options(parser: argparse.ArgumentParser, *, lists: bool) -> None:
     parser.add_argument("--model", required=True, metavar="RUN", help="run folder written by `patchddm train`")
     parser.add_argument("--steps", type=_int_list if lists else at_least(1, "--steps"), default=[20] if lists else 20,
                         help="DDIM sampling steps" + (" (comma-separated list)" if lists else ""))
-    parser.add_argument("--ensemble", type=_int_list if lists else at_least(1, "--ensemble"), default=[1, 3, 5] if lists else 5,
+    parser.add_argument("--ensemble", type=_int_list if lists else at_least(1, "--ensemble"),
+                        default=[1, 3, 5] if lists else 5,
                         help="ensemble size(s)" + (" (comma-separated list)" if lists else ""))
     parser.add_argument("--seed", type=int, default=0, help="member k starts from the noise of seed + k")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",

@@ -34,7 +34,8 @@ def _inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="RUN", help="run folder written by `ppr train`")
     parser.add_argument("--mode", choices=("dense", "patchwise"), default="dense",
                         help="dense: exact fully convolutional evaluation (fast); patchwise: one patch per voxel")
-    parser.add_argument("--tile", type=at_least(1, "--tile"), default=64, help="dense tile edge in voxels (memory grows with it)")
+    parser.add_argument("--tile", type=at_least(1, "--tile"), default=64,
+                        help="dense tile edge in voxels (memory grows with it)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

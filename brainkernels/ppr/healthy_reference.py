@@ -91,7 +91,8 @@ def load(run: RunFolder) -> HealthyReference | None:
         reference = HealthyReference(**saved)
         _check(reference)
     except Exception as error:  # unpickling refused, a damaged file or other contents: all mean "do not use"
-        raise BrainkernelsError(f"{path}: not a healthy reference written by brainkernels ({describe_load_error(error)}); "
+        raise BrainkernelsError(f"{path}: not a healthy reference written by brainkernels "
+                                f"({describe_load_error(error)}); "
                                 "delete it and run `brainkernels ppr train --resume` with the run's settings to "
                                 "make a new one") from None
     return reference if reference.checkpoint == latest.name else None

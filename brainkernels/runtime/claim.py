@@ -36,15 +36,18 @@ def check_resumable(run: RunFolder, config_class: type, settings: Any, *, archit
 def claimed_run(out: str | os.PathLike, distributed: Distributed, settings: Any, *, architecture_keys: tuple[str, ...],
                 label: str, resume: bool, overwrite: bool, method_files: tuple[str, ...] = ()) -> Iterator[RunFolder]:
     """The run folder ``out`` held for this run, with ``settings`` written to its config.toml. Under
-    torchrun only rank 0 checks, locks and writes; the other ranks wait for it."""
+    torchrun only rank 0 checks, locks and writes; the other ranks wait for it, and stop with its
+    error when it refuses the folder."""
     run = RunFolder(out)
-    if not distributed.is_main:
-        distributed.barrier()
-        yield run
-        return
-    if resume:
-        check_resumable(run, type(settings), settings, architecture_keys=architecture_keys, label=label)
-    with run.claimed(resume=resume, overwrite=overwrite, method_files=method_files):
-        config.write_toml(settings, run.config)
-        distributed.barrier()
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if distributed.is_main:
+            try:
+                if resume:
+                    check_resumable(run, type(settings), settings, architecture_keys=architecture_keys, label=label)
+                held.enter_context(run.claimed(resume=resume, overwrite=overwrite, method_files=method_files))
+                config.write_toml(settings, run.config)
+            except (BrainkernelsError, OSError) as error:
+                refusal = error
+        distributed.raise_from_main(refusal)
         yield run
