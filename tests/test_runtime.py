@@ -97,6 +97,13 @@ def test_resume_after_sigkill_while_writing_a_checkpoint(tmp_path):
     assert steps == [2, 4, 6, 8, 10, 12]
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint_logs_each_step_once(tmp_path):
+    killed = train(tmp_path / "run", *STEPS, "--kill-at-checkpoint", "4", check=False)
+    assert killed.returncode == -signal.SIGKILL
+    train(tmp_path / "run", *STEPS, "--resume")
+    assert [row["step"] for row in RunFolder(tmp_path / "run").read_metrics() if "loss" in row] == [2, 4, 6, 8, 10, 12]
+
+
 def test_a_refused_run_folder_stops_every_rank(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")

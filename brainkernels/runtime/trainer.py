@@ -200,8 +200,9 @@ class Trainer:
                 scaler.load_state_dict(state["scaler"])
             checkpoint.restore_rng(state["rng"])
             start = state["step"]
-            if distributed.is_main:
-                self.run.truncate_metrics(start)
+        if resume and self.run is not None and distributed.is_main:
+            # Rows after the checkpoint (or all, when the run died before its first) are redone.
+            self.run.truncate_metrics(start)
         trained = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
             if distributed.active else model
         bar = progress(total=config.steps, initial=start, desc=f"{self.method} training", quiet=self.quiet,
