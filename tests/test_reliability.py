@@ -556,3 +556,11 @@ def test_inference_counts_have_lower_bounds(tmp_path, argv, message):
     inputs = () if argv[1] == "evaluate" else ("--input", tmp_path, "--out", tmp_path / "out")
     result = brainkernels(*argv, "--model", tmp_path, *inputs)
     assert result.returncode == 2 and message in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_voxel_sample_larger_than_the_grid_uses_the_grid(inr_run, dhcp, tmp_path):
+    t2w = sorted(dhcp.glob("sub-*/ses-*/anat/*_T2w.nii.gz"))[0]
+    result = brainkernels("inr", "predict", "--model", inr_run, "--input", t2w, "--age-in", "40", "--age-out", "42",
+                          "--fit-steps", "1", "--fit-voxels", str(10**12), "--device", "cpu", "--quiet",
+                          "--out", tmp_path / "predicted.nii.gz")
+    assert result.returncode == 0, result.stderr  # drawing 10^12 voxel indices ended in an allocation traceback

@@ -47,10 +47,13 @@ def fit_latent(model: AutoDecoder, scan: ModelInput, age_weeks: float, *, steps:
     AdamW from the zero latent, projected onto the latents' norm bound after every step.
 
     ``voxels`` None: every step uses the whole grid (the fused op in grid mode, memory bounded by
-    its block size); a number: that many voxels drawn anew each step, for speed on a CPU."""
+    its block size); a number: that many voxels drawn anew each step, for speed on a CPU (at least
+    the grid's voxels: the whole grid)."""
     age = check_age(age_weeks)
     device = next(model.parameters()).device
     target = scan.image.to(device)
+    if voxels is not None and voxels >= target.numel():  # a sample as large as the grid: the grid (not 10^12 draws)
+        voxels = None
     latent = torch.zeros(model.latents.embedding_dim, device=device, requires_grad=True)
     optimizer = torch.optim.AdamW([latent], lr=lr)
     coordinates = grid_coordinates(target.shape, device=device) if voxels else None
