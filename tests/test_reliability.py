@@ -32,8 +32,8 @@ from brainkernels.patchddm.train import split_subjects
 from brainkernels.ppr import healthy_reference
 from brainkernels.runtime import RunFolder, checkpoint
 
-PPR_OPTIONS = ("--m", "2", "--patch", "19", "--patches-per-step", "8", "--steps", "2", "--checkpoint-every", "1",
-               "--device", "cpu", "--quiet")
+PPR_OPTIONS = ("--network-size", "2", "--patch", "19", "--patches-per-step", "8", "--steps", "2",
+               "--checkpoint-every", "1", "--device", "cpu", "--quiet")
 
 
 def brainkernels(*argv):
@@ -119,17 +119,17 @@ def test_training_into_a_run_folder_needs_resume_or_overwrite(cq500, tmp_path):
     run = tmp_path / "run"
     assert brainkernels("ppr", "train", "--data", cq500, "--out", run, *PPR_OPTIONS).returncode == 0
     before = snapshot(run)
-    refused(brainkernels("ppr", "train", "--data", cq500, "--out", run, *PPR_OPTIONS, "--m", "4"),
+    refused(brainkernels("ppr", "train", "--data", cq500, "--out", run, *PPR_OPTIONS, "--network-size", "4"),
             "the folder is not empty")
-    refused(brainkernels("ppr", "train", "--data", cq500, "--out", run, *PPR_OPTIONS, "--m", "4", "--resume"),
-            "cannot resume: m=2 in the run but 4 now")
+    refused(brainkernels("ppr", "train", "--data", cq500, "--out", run, *PPR_OPTIONS, "--network-size", "4",
+                         "--resume"), "cannot resume: network_size=2 in the run but 4 now")
     assert snapshot(run) == before
     # --overwrite replaces the run: its old checkpoints do not mix with the new ones.
-    result = brainkernels("ppr", "train", "--data", cq500, "--out", run, *PPR_OPTIONS, "--m", "4", "--steps", "1",
-                          "--overwrite")
+    result = brainkernels("ppr", "train", "--data", cq500, "--out", run, *PPR_OPTIONS, "--network-size", "4",
+                          "--steps", "1", "--overwrite")
     assert result.returncode == 0, result.stderr
     assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["step-00000001.pt"]
-    assert "m = 4" in (run / "config.toml").read_text()
+    assert "network_size = 4" in (run / "config.toml").read_text()
     assert [row["step"] for row in RunFolder(run).read_metrics() if "loss" in row] == [1]
 
 
@@ -200,7 +200,7 @@ def test_the_lock_of_a_killed_run_does_not_block_resume(tmp_path):
 @pytest.mark.parametrize("option, value, message", [
     ("--lr", "nan", "key 'lr' must be a finite number above 0; got nan"),
     ("--lr", "-1", "key 'lr' must be a finite number above 0; got -1.0"),
-    ("--m", "0", "key 'm' must be at least 1; got 0"),
+    ("--network-size", "0", "key 'network_size' must be at least 1; got 0"),
     ("--patch", "11", "key 'patch' must be between 19 and 63 voxels; got 11"),
     ("--patches-per-step", "0", "key 'patches_per_step' must be at least 1; got 0"),
     ("--micro-batches", "3", "batch_size 1 must be a multiple of processes x micro_batches"),
