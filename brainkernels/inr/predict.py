@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainkernels.data.outputs import check_output_files, check_output_folder
+from brainkernels.data.command_folders import check_output_files, check_output_folder
 from brainkernels.data.volume import Volume, is_nifti, load_nifti, save_nifti
 from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import prepare_input
@@ -44,7 +44,7 @@ def predict(run_dir: str | os.PathLike, scan_path: str | os.PathLike, age_in: fl
     if is_nifti(out):
         check_output_files([out, _reconstruction_path(out)], overwrite)
     else:
-        check_output_folder(out, overwrite)
+        check_output_folder(out, None, overwrite)
     distributed = setup(device)
     try:
         trained = load_trained(run_dir, distributed.device)
@@ -74,7 +74,7 @@ def atlas(run_dir: str | os.PathLike, ages: Sequence[float], out: str | os.PathL
     grid with the training spacing, centred on the origin; intensities in [0, 1]) and one montage
     per latent, in the folder ``out`` (new or empty, or with ``overwrite`` replacing those files)."""
     require_plausible(ages)
-    out = check_output_folder(out, overwrite)
+    out = check_output_folder(out, None, overwrite)
     distributed = setup(device)
     try:
         trained = load_trained(run_dir, distributed.device)

@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from brainkernels.data.atomic import write_csv  # noqa: E402
+from brainkernels.data.command_folders import check_output_folder  # noqa: E402
 from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject  # noqa: E402
-from brainkernels.data.outputs import check_output_folder  # noqa: E402
 from brainkernels.data.volume import Volume, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
 from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
@@ -78,7 +78,7 @@ def segment(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os
     """Segment every subject under ``inputs``; writes ``<id>_mask``, ``_probability`` and
     ``_variance`` NIfTI files (the input's affine) and PNGs to ``out`` (new or empty, or with
     ``overwrite`` replacing those files). Returns the mask paths."""
-    out = check_output_folder(out, overwrite)
+    out = check_output_folder(out, None, overwrite)
     subjects = input_subjects(inputs)
     distributed = setup(device)
     try:

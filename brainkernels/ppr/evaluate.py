@@ -17,9 +17,9 @@ import torch  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from brainkernels.data.atomic import write_csv  # noqa: E402
+from brainkernels.data.command_folders import check_output_folder  # noqa: E402
 from brainkernels.data.layouts.common import load_label_map  # noqa: E402
 from brainkernels.data.layouts.cq500 import MASK_MEANING, load_cq500_structures, read_cq500  # noqa: E402
-from brainkernels.data.outputs import check_output_folder  # noqa: E402
 from brainkernels.data.volume import Volume, nifti_files_below, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
 from brainkernels.metrics.undefined import Undefined  # noqa: E402
@@ -85,7 +85,7 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
     into ``out`` (new or empty, or with ``overwrite`` replacing those files). ``masks``: a folder of
     voxel masks ``<name>.nii.gz`` (0 none, 1 haemorrhage, 2 fracture) whose findings the figures cut
     through and outline."""
-    out = check_output_folder(out, overwrite)
+    out = check_output_folder(out, None, overwrite)
     files = input_files(Path(inputs))
     if masks is not None and not Path(masks).is_dir():
         raise BrainkernelsError(f"--masks {masks}: no such folder")
