@@ -7,11 +7,22 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 
 from brainkernels.errors import BrainkernelsError
 
-# Errors of the user's input (files, folders, values) are shown as one line; --debug shows the traceback.
-USER_ERRORS = (BrainkernelsError, FileNotFoundError, PermissionError, ValueError)
+# Errors of the user's input (files, folders, values) and of the machine (a read-only or full disk,
+# memory) are shown as one line; --debug shows the traceback.
+USER_ERRORS = (BrainkernelsError, OSError, ValueError, MemoryError)
+
+
+def describe(error: BaseException) -> str:
+    """One line for the user: an OSError names its file and says what the system reported."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    if isinstance(error, MemoryError):
+        return f"out of memory ({error})" if str(error) else "out of memory"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _info(arguments: argparse.Namespace) -> int:
@@ -61,11 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         if not is_main_process():  # under torchrun every rank runs the command: rank 0 alone prints its result
             silenced.enter_context(contextlib.redirect_stdout(silenced.enter_context(open(os.devnull, "w"))))
         try:
-            return arguments.run(arguments)
+            with warnings.catch_warnings():
+                if not arguments.debug:  # one line each, as errors are
+                    warnings.showwarning = lambda message, *_, **__: print(
+                        f"brainkernels {arguments.command}: warning: {message}", file=sys.stderr)
+                return arguments.run(arguments)
         except USER_ERRORS as error:
             if arguments.debug:
                 raise
-            print(f"brainkernels {arguments.command}: error: {error}", file=sys.stderr)
+            print(f"brainkernels {arguments.command}: error: {describe(error)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("brainkernels: interrupted", file=sys.stderr)

@@ -84,7 +84,7 @@ def test_existing_output_needs_overwrite(demo):
         run.run_demo(out, TINY, device="cpu", quiet=True)
 
 
-def test_a_failing_method_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+def test_a_failing_method_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
     def broken(*_):
         raise BrainkernelsError("cohort unreadable")
 
@@ -97,6 +97,8 @@ def test_a_failing_method_is_reported_and_the_others_still_run(tmp_path, monkeyp
         run.run_demo(tmp_path, TINY, device="cpu", overwrite=True, quiet=True)
     markdown = (tmp_path / "report.md").read_text()
     assert calls == ["INR"] and "## PPR: failed" in markdown and "cohort unreadable" in markdown
+    # One line per failed method; the traceback only with --debug.
+    assert capsys.readouterr().err == "brainkernels demo: PPR failed: cohort unreadable\n"
     assert "| PPR | case | peer | 3.00 | 3.0x |  |" in markdown
 
 

@@ -475,13 +475,15 @@ def test_dhcp_sessions_table_missing_column(tmp_path, column):
         read_dhcp(tmp_path)
 
 
-@pytest.mark.parametrize(("age", "shown"), [("", "empty"), ("forty", "forty"), ("-3", "-3"), ("inf", "inf")])
+@pytest.mark.parametrize(("age", "shown"), [("", "empty"), ("forty", "forty"), ("-3", "-3"), ("inf", "inf"),
+                                             ("1000", "1000"), ("1e308", "1e\\+308")])
 def test_dhcp_scan_age_must_be_weeks(tmp_path, age, shown):
     write_dhcp(tmp_path, {"CC001": [("7", 40.0), ("8", 41.0)]})
     path = tmp_path / "sub-CC001" / "sub-CC001_sessions.tsv"
     pd.DataFrame({"session_id": ["7", "8"], "scan_age": ["40", age]}).to_csv(path, sep="\t", index=False)
     with pytest.raises(
-        ValueError, match=f"_sessions.tsv: scan_age on line 3 is {shown}; expected a positive postmenstrual age"
+        ValueError,
+        match=f"_sessions.tsv: scan_age on line 3 is {shown}; expected a postmenstrual age in weeks, 20 to 60",
     ):
         read_dhcp(tmp_path)
 

@@ -569,6 +569,7 @@ def test_bad_arguments_raise_naming_the_argument(call, error, argument):
 
 def run_command(*argv) -> int:
     parser = argparse.ArgumentParser(prog="brainkernels")
+    parser.add_argument("--debug", action="store_true")  # as the CLI's parser has
     register_command(parser.add_subparsers(dest="command", required=True))
     arguments = parser.parse_args(["preprocess", *map(str, argv)])
     return arguments.run(arguments)

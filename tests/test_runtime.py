@@ -105,6 +105,21 @@ def test_resume_after_sigkill_while_writing_a_checkpoint(tmp_path, workers):
     assert steps == [2, 4, 6, 8, 10, 12]
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint_logs_each_step_once(tmp_path):
+    killed = train(tmp_path / "run", *STEPS, "--kill-at-checkpoint", "4", check=False)
+    assert killed.returncode == -signal.SIGKILL
+    train(tmp_path / "run", *STEPS, "--resume")
+    assert [row["step"] for row in RunFolder(tmp_path / "run").read_metrics() if "loss" in row] == [2, 4, 6, 8, 10, 12]
+
+
+def test_a_refused_run_folder_stops_every_rank(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    result = train(tmp_path / "run", *STEPS, processes=2, check=False)  # rank 1 used to wait for rank 0 forever
+    assert result.returncode != 0 and "the folder is not empty" in result.stderr
+    assert [path.name for path in (tmp_path / "run").iterdir()] == ["notes.txt"]
+
+
 def test_resume_takes_the_learning_rate_given_now(tmp_path):
     train(tmp_path / "run", *STEPS, "--steps", "8")
     train(tmp_path / "run", *STEPS, "--resume", "--lr", "1e-3")

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, checkpoint, config, setup, teardown
+from brainkernels.runtime import Trainer, TrainerConfig, checkpoint, config, setup, teardown
+from brainkernels.runtime.claim import claimed_run
 from brainkernels.runtime.inference import run_cohort
 
 
@@ -45,12 +46,13 @@ def kill_while_writing_checkpoint(step: int) -> None:
     """Fault injection: at checkpoint ``step``, write half of the file, then SIGKILL this process."""
     real_save = torch.save
 
-    def save(payload, path):
+    def save(payload, file):
         if payload.get("step") != step:
-            return real_save(payload, path)
-        real_save(payload, path)
-        with open(path, "r+b") as handle:
-            handle.truncate(os.path.getsize(path) // 2)
+            return real_save(payload, file)
+        real_save(payload, file)
+        file.flush()
+        with open(file.name, "r+b") as handle:
+            handle.truncate(os.path.getsize(file.name) // 2)
             handle.flush()
             os.fsync(handle.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
@@ -73,19 +75,17 @@ def main(argv=None) -> int:
         kill_while_writing_checkpoint(arguments.kill_at_checkpoint)
     distributed = setup(trainer_config.device)
     torch.use_deterministic_algorithms(True)
-    run = RunFolder(arguments.out)
-    if distributed.is_main:
-        run.create()
-        config.write_toml(trainer_config, run.config)
-    distributed.barrier()
     trainer = Trainer(
         method="toy", build_model=lambda: build_model(arguments.dropout),
         build_optimizer=lambda p: torch.optim.AdamW(p, lr=arguments.lr),
-        loss_fn=loss_fn, dataset=NoisyPlane(), config=trainer_config, distributed=distributed, run=run,
+        loss_fn=loss_fn, dataset=NoisyPlane(), config=trainer_config, distributed=distributed,
         run_config=config.to_dict(trainer_config), quiet=True,
         evaluate=lambda model, step: {"mse": F.mse_loss(model(NoisyPlane().x).squeeze(-1), NoisyPlane().y).item()},
     )
-    model = trainer.fit(resume=arguments.resume)
+    with claimed_run(arguments.out, distributed, trainer_config, architecture_keys=(), label="a toy run",
+                     resume=arguments.resume, overwrite=False, method_files=("*.pt", "*.json")) as run:
+        trainer.run = run
+        model = trainer.fit(resume=arguments.resume)
     torch.save(model.state_dict(), run.root / f"weights-rank{distributed.rank}.pt")
     # Cohort inference sharded over the ranks: every rank must see all results, in order.
     cohort = [torch.full((1, 4), float(index)) for index in range(7)]

@@ -27,6 +27,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temporary_path
         os.replace(temporary_path, target)
+    except OSError as error:
+        temporary_path.unlink(missing_ok=True)
+        if error.filename is None and error.strerror:  # a failed write() names no file: name the output
+            raise OSError(error.errno, error.strerror, str(target)) from error
+        raise
     except BaseException:
         temporary_path.unlink(missing_ok=True)
         raise

@@ -30,7 +30,7 @@ import skimage.filters
 import torch
 from torch import Tensor
 
-from brainkernels.data.volume import Volume
+from brainkernels.data.volume import Volume, check_voxel_count
 
 Step = Callable[[Volume], Volume]
 
@@ -87,6 +87,7 @@ def _shape_triple(shape: object, argument: str = "shape") -> tuple[int, int, int
         raise TypeError(f"{argument} must be whole numbers of voxels; got {shape!r}")
     if min(triple) < 1:
         raise ValueError(f"{argument} must be at least 1 voxel per axis; got {shape!r}")
+    check_voxel_count(triple, argument)
     return tuple(int(size) for size in triple)
 
 
@@ -175,9 +176,10 @@ def resample(volume: Volume, spacing: float | Sequence[float] = (1.0, 1.0, 1.0),
     if min(current) <= 0:
         raise ValueError(f"{_name(volume)}: volume.affine has a zero-length voxel axis: {current}")
     ratios = target / current
+    new_sizes = [max(1, round(size / ratio)) for size, ratio in zip(volume.shape, ratios)]
+    check_voxel_count(tuple(new_sizes), f"{_name(volume)}: resampled to {spacing!r} mm it would have")
     data = volume.data
-    for axis, (size, ratio) in enumerate(zip(volume.shape, ratios)):
-        new_size = max(1, round(size / ratio))
+    for axis, (new_size, ratio) in enumerate(zip(new_sizes, ratios)):
         data = _resample_axis(data, axis + 1, _source_positions(ratio, new_size), nearest=labels)
     affine = volume.affine @ _index_transform(ratios, 0.5 * ratios - 0.5)
     return volume.with_data(data.contiguous(), affine)

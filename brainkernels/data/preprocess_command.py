@@ -129,15 +129,23 @@ def run_preprocess(arguments: argparse.Namespace) -> int:
         files = nifti_inputs(arguments.input_dir)
         check_output_folder(arguments.output_dir, arguments.input_dir, arguments.overwrite)
     except (_UsageError, BrainkernelsError, ValueError, TypeError) as error:
+        if arguments.debug:
+            raise
         print(f"brainkernels preprocess: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     footprints = []
     show_progress = not arguments.quiet and sys.stderr.isatty()
     for relative in tqdm(files, desc=f"preprocess {arguments.pipeline}", unit="scan", disable=not show_progress):
         try:
-            output = pipeline(load_nifti(arguments.input_dir / relative))
+            volume = load_nifti(arguments.input_dir / relative)
+            if volume.data.min() == volume.data.max():  # a blank or failed export; CT equalisation makes it all 1
+                warnings.warn(f"{arguments.input_dir / relative}: every voxel is {float(volume.data.min()):g}; "
+                              "its output means nothing", stacklevel=1)
+            output = pipeline(volume)
             save_nifti(output, arguments.output_dir / relative, dtype=_output_dtype(arguments.pipeline, output))
         except (ValueError, OSError) as error:
+            if arguments.debug:
+                raise
             print(f"brainkernels preprocess: error: {relative}: {error}", file=sys.stderr)
             return PROCESSING_ERROR
         if arguments.pipeline == "ct":

@@ -7,7 +7,9 @@ saved with an input's geometry overlay that input in any viewer.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +22,11 @@ from torch import Tensor
 from brainkernels.data.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MAX_VOXELS_VARIABLE = "BRAINKERNELS_MAX_VOXELS"
+DEFAULT_MAX_VOXELS = 1024**3
+"""4 GiB as float32; a 512 x 512 x 600 CT has 157 million voxels."""
+DEFLATE_MAX_RATIO = 1032
+"""The largest ratio by which deflate (gzip) can compress any data (zlib technical details)."""
 
 
 @dataclass(frozen=True)
@@ -61,18 +68,106 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).endswith(NIFTI_SUFFIXES)
 
 
-def load_nifti(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Volume:
-    """Load a 3D or 4D NIfTI file (4D: the 4th axis becomes channels), reoriented to RAS."""
+def nifti_files_below(folder: str | os.PathLike) -> list[Path]:
+    """The NIfTI files in ``folder`` and below, sorted. Hidden entries (among them the temporaries
+    of unfinished atomic writes) are passed over; an entry named like a NIfTI file that is not
+    one (a folder, a broken or looping symbolic link) is named in a warning, and in the error
+    when no file is found."""
+    folder = Path(folder)
+    found, skipped = [], []
+    for parent, folders, names in os.walk(folder):
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        skipped += [Path(parent) / name for name in folders if is_nifti(name)]
+        for name in names:
+            path = Path(parent) / name
+            if is_nifti(name) and not name.startswith("."):
+                (found if path.is_file() else skipped).append(path)
+    if not found and not any(entry for entry in folder.iterdir() if not entry.name.startswith(".")):
+        raise ValueError(f"{folder}: the folder is empty")
+    if not found:
+        also = f" (skipped {len(skipped)} entries named like one, e.g. {skipped[0]}: {_not_a_file(skipped[0])})" \
+            if skipped else ""
+        raise ValueError(f"{folder}: no .nii or .nii.gz files in the folder or below it{also}")
+    for path in skipped:
+        warnings.warn(f"skipped {path}: {_not_a_file(path)}", stacklevel=2)
+    return sorted(found)
+
+
+def _not_a_file(path: Path) -> str:
+    if path.is_symlink():
+        return "a broken or looping symbolic link"
+    return "a folder, not a file" if path.is_dir() else "not a regular file"
+
+
+def max_voxels() -> int:
+    """The most voxels a volume may declare: ``BRAINKERNELS_MAX_VOXELS``, default ``DEFAULT_MAX_VOXELS``."""
+    text = os.environ.get(MAX_VOXELS_VARIABLE)
+    if text is None:
+        return DEFAULT_MAX_VOXELS
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"environment variable {MAX_VOXELS_VARIABLE} must be a positive integer; got {text!r}")
+    return limit
+
+
+def check_voxel_count(shape: tuple[int, ...], what: str) -> None:
+    """Refuse a volume of ``shape`` larger than ``max_voxels()``, before anything is allocated."""
+    voxels, limit = math.prod(shape), max_voxels()
+    if voxels > limit:
+        raise ValueError(f"{what} {' x '.join(map(str, shape))} = {voxels:,} voxels, more than the limit of "
+                         f"{limit:,} (set {MAX_VOXELS_VARIABLE} to allow more)")
+
+
+def _open_nifti(path: Path) -> nib.Nifti1Image:
+    """The image with its header checked against the file; its data are not read yet. A header
+    that declares more voxels than the file can hold is refused, so a damaged or forged header
+    never makes the loader allocate gigabytes."""
+    try:
+        image = nib.load(path)
+    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, ValueError) as error:
+        raise ValueError(f"{path}: not a readable NIfTI file ({error})") from error
+    check_voxel_count(image.shape, f"{path}: the header declares")
+    data_bytes = math.prod(image.shape) * image.get_data_dtype().itemsize
+    size = path.stat().st_size
+    if path.name.endswith(".gz"):
+        if data_bytes > DEFLATE_MAX_RATIO * size:
+            raise ValueError(f"{path}: the header declares {data_bytes:,} bytes of voxels, more than a gzip file of "
+                             f"{size:,} bytes can hold (damaged or forged header)")
+    elif int(image.header["vox_offset"]) + data_bytes > size:
+        raise ValueError(f"{path}: the header declares {data_bytes:,} bytes of voxels but the file has {size:,} bytes "
+                         "(truncated)")
+    return image
+
+
+def read_header(path: str | os.PathLike) -> nib.Nifti1Header:
+    """The checked header of a NIfTI file, without reading its voxels."""
     path = Path(path)
+    _require_nifti_file(path)
+    return _open_nifti(path).header
+
+
+def _require_nifti_file(path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if not is_nifti(path):
         raise ValueError(f"{path}: not a NIfTI file (expected a .nii or .nii.gz name)")
+
+
+def load_nifti(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Volume:
+    """Load a 3D or 4D NIfTI file (4D: the 4th axis becomes channels), reoriented to RAS."""
+    path = Path(path)
+    _require_nifti_file(path)
+    image = _open_nifti(path)
     try:
-        image = nib.as_closest_canonical(nib.load(path))
+        image = nib.as_closest_canonical(image)
         array = np.asarray(image.dataobj, dtype=np.float32)
     except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, ValueError) as error:
         raise ValueError(f"{path}: not a readable NIfTI file ({error})") from error
+    except MemoryError:
+        raise MemoryError(f"{path}: {' x '.join(map(str, image.shape))} voxels do not fit in memory") from None
     if array.ndim == 3:
         array = array[None]
     elif array.ndim == 4:

@@ -10,7 +10,7 @@ def _demo(arguments: argparse.Namespace) -> int:
     from brainkernels.demo.settings import DEFAULT, QUICK
 
     report = run_demo(arguments.out, QUICK if arguments.quick else DEFAULT, device=arguments.device,
-                      overwrite=arguments.overwrite, quiet=arguments.quiet)
+                      overwrite=arguments.overwrite, quiet=arguments.quiet, debug=arguments.debug)
     print(f"report: {report} (and {report.with_suffix('.md').name} beside it)")
     return 0
 

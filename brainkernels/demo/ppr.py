@@ -32,8 +32,9 @@ def run(settings: DemoSettings, out: Path, stages: Stages, quiet: bool) -> Secti
     with stages("PPR evaluation"):
         aurocs = evaluate(run_dir, data, out / "ppr" / "evaluation", device=config.device, quiet=quiet)
     with stages("PPR anomaly maps"):
+        # One scan at a time into one folder: the demo made ``out`` new or empty, so it may add to it.
         maps = [detect(run_dir, scan.path, out / "ppr" / "maps", device=config.device, masks=data / "masks",
-                       quiet=quiet)[0]
+                       overwrite=True, quiet=quiet)[0]
                 for scan in _examples(data, config.split_seed)]
 
     section.text(f"A network of size m={config.network_size} learns where a {config.patch}^3 patch of a healthy head CT "

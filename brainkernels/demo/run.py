@@ -74,10 +74,11 @@ def _settings_section(settings: DemoSettings, stages: Stages, started: float) ->
 
 
 def run_demo(out: str | os.PathLike, settings: DemoSettings = DEFAULT, *, device: str = "auto",
-             overwrite: bool = False, quiet: bool = False) -> Path:
+             overwrite: bool = False, quiet: bool = False, debug: bool = False) -> Path:
     """Run the demo at ``settings`` (QUICK or DEFAULT of ``brainkernels.demo.settings``) into ``out``;
     returns the path of report.html. A method that fails is reported in its section (with the error)
-    and the others still run; the error is raised after the report is written."""
+    and the others still run (``debug``: with its traceback); the error is raised after the report
+    is written."""
     out = Path(out)
     settings = settings.on_device(device)
     chosen = pick_device(device)
@@ -88,7 +89,10 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DEFAULT, *, device
         try:
             sections.append(method(settings, out, stages, quiet))
         except Exception as error:  # noqa: BLE001 - one method's failure must not hide the others' results
-            traceback.print_exc(file=sys.stderr)
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            else:
+                print(f"brainkernels demo: {name} failed: {error}", file=sys.stderr)
             failures.append(f"{name}: {error}")
             failed = Section(f"{name}: failed")
             failed.text(f"{type(error).__name__}: {error}")

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import argparse
 
+from brainkernels.options import at_least
 from brainkernels.runtime import config
 from brainkernels.runtime.command import add_train_verb, add_workers_option
 
 
-def _ages(text: str) -> list[float]:
+def _age(text: str) -> float:
+    """A postmenstrual age in weeks, refused when implausible (a unit error, say)."""
+    from brainkernels.data.layouts.dhcp import PLAUSIBLE_AGE_WEEKS, plausible_age
+
     try:
-        ages = [float(age) for age in text.split(",") if age.strip()]
+        age = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"ages must be comma-separated weeks, e.g. 28,32,36; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"an age must be a number of weeks; got {text!r}") from None
+    if not plausible_age(age):
+        low, high = PLAUSIBLE_AGE_WEEKS
+        raise argparse.ArgumentTypeError(f"an age must be a postmenstrual age, {low:g} to {high:g} weeks; got {text}")
+    return age
+
+
+def _ages(text: str) -> list[float]:
+    ages = [_age(age) for age in text.split(",") if age.strip()]
     if not ages:
-        raise argparse.ArgumentTypeError("give at least one age in weeks")
+        raise argparse.ArgumentTypeError("give at least one age in weeks, e.g. 28,32,36")
     return ages
 
 
@@ -27,7 +39,7 @@ def _predict(arguments: argparse.Namespace) -> int:
         raise BrainkernelsError("give --age-out AGE or --ages AGE,AGE,...")
     written = predict(arguments.model, arguments.input, arguments.age_in, ages, arguments.out,
                       fit_steps=arguments.fit_steps, fit_voxels=arguments.fit_voxels, device=arguments.device,
-                      quiet=arguments.quiet)
+                      overwrite=arguments.overwrite, quiet=arguments.quiet)
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
@@ -35,7 +47,8 @@ def _predict(arguments: argparse.Namespace) -> int:
 def _atlas(arguments: argparse.Namespace) -> int:
     from brainkernels.inr.predict import atlas
 
-    written = atlas(arguments.model, arguments.ages, arguments.out, device=arguments.device)
+    written = atlas(arguments.model, arguments.ages, arguments.out, device=arguments.device,
+                    overwrite=arguments.overwrite)
     print(f"wrote {len(written)} files to {arguments.out}")
     return 0
 
@@ -56,16 +69,16 @@ def _ablation(arguments: argparse.Namespace) -> int:
 
     settings = config.config_from_arguments(INRConfig, arguments)
     results = ablation(arguments.data, arguments.out, settings, fit_steps=arguments.fit_steps,
-                       fit_voxels=arguments.fit_voxels, quiet=arguments.quiet)
+                       fit_voxels=arguments.fit_voxels, overwrite=arguments.overwrite, quiet=arguments.quiet)
     print(format_table(results))
     print(f"table: {arguments.out}/ablation.csv, plot: {arguments.out}/head_circumference.png")
     return 0
 
 
 def _fitting_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fit-steps", type=int, default=None,
+    parser.add_argument("--fit-steps", type=at_least(1, "--fit-steps"), default=None,
                         help="latent-fitting steps (default: the paper's 2000 in 2D, 1000 in 3D)")
-    parser.add_argument("--fit-voxels", type=int, default=None,
+    parser.add_argument("--fit-voxels", type=at_least(1, "--fit-voxels"), default=None,
                         help="voxels sampled per fitting step (default: the whole grid)")
 
 
@@ -94,11 +107,12 @@ def register_command(commands) -> None:
                                "affine) and the reconstruction at the input age.")
     _inference_options(predict)
     predict.add_argument("--input", required=True, help="T2-weighted scan (.nii/.nii.gz) on the training grid")
-    predict.add_argument("--age-in", required=True, type=float, help="postmenstrual age of the scan (weeks)")
-    predict.add_argument("--age-out", type=float, default=None, help="age to predict (weeks)")
+    predict.add_argument("--age-in", required=True, type=_age, help="postmenstrual age of the scan (weeks)")
+    predict.add_argument("--age-out", type=_age, default=None, help="age to predict (weeks)")
     predict.add_argument("--ages", type=_ages, default=None, help="ages to predict, e.g. 28,32,36,40,44 (a sequence "
                          "and a PNG montage in the --out folder)")
-    predict.add_argument("--out", required=True, help="output .nii.gz (one age) or folder")
+    predict.add_argument("--out", required=True, help="output .nii.gz (one age) or folder (new or empty)")
+    predict.add_argument("--overwrite", action="store_true", help="replace the outputs of the same names")
     predict.add_argument("--quiet", action="store_true", help="no progress bars")
     _fitting_options(predict)
     predict.set_defaults(run=_predict)
@@ -108,7 +122,8 @@ def register_command(commands) -> None:
     _inference_options(atlas)
     atlas.add_argument("--ages", type=_ages, default=_ages("28,32,36,40,44"), help="ages in weeks (default "
                        "28,32,36,40,44)")
-    atlas.add_argument("--out", required=True, help="output folder")
+    atlas.add_argument("--out", required=True, help="output folder (new or empty)")
+    atlas.add_argument("--overwrite", action="store_true", help="replace the outputs of the same names in --out")
     atlas.set_defaults(run=_atlas)
 
     evaluate = verbs.add_parser("evaluate", help="predict held-out second sessions: PSNR, SSIM, MAE, HC",
@@ -128,6 +143,7 @@ def register_command(commands) -> None:
                                 "OUT/head_circumference.png.")
     ablation.add_argument("--data", required=True, help="dHCP/BIDS folder")
     ablation.add_argument("--out", required=True, help="output folder")
+    ablation.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier ablation in --out")
     ablation.add_argument("--quiet", action="store_true", help="no progress bars")
     _fitting_options(ablation)
     config.add_arguments(ablation, INRConfig)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from brainkernels.data.atomic import atomic_path
 from brainkernels.data.cache import Entry, Request
 from brainkernels.data.layouts.dhcp import DHCPScan
 from brainkernels.data.preprocess import foreground_mask
@@ -42,7 +43,8 @@ class ModelGrid:
         return self.shape if self.dims == 3 else self.shape[:2]
 
     def save(self, folder: Path) -> None:
-        (folder / GRID_FILE).write_text(json.dumps(asdict(self)) + "\n")
+        with atomic_path(folder / GRID_FILE) as temporary:
+            temporary.write_text(json.dumps(asdict(self)) + "\n")
 
     @classmethod
     def load(cls, folder: Path) -> ModelGrid:

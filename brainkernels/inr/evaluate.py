@@ -20,7 +20,7 @@ from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import ModelGrid, ModelInput, prepare_input
 from brainkernels.inr.figures import head_circumference_plot
 from brainkernels.inr.infer import FIT_STEPS, decode, fit_latent
-from brainkernels.inr.train import INRConfig, TrainedINR, load_trained, split_test_subjects, train
+from brainkernels.inr.train import PAIRS_FILE, INRConfig, TrainedINR, load_trained, split_test_subjects, train
 from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
 from brainkernels.metrics.undefined import Undefined
 from brainkernels.runtime import setup, teardown
@@ -122,7 +122,8 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
 
 
 def ablation(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, *, fit_steps: int | None = None,
-             fit_voxels: int | None = None, quiet: bool = False) -> dict[str, dict[str, float]]:
+             fit_voxels: int | None = None, overwrite: bool = False,
+             quiet: bool = False) -> dict[str, dict[str, float]]:
     """Train the four variants of ``settings`` (SSL off/on x SGLA off/on, SGLA with probability
     ``settings.sgla`` or the paper's 0.1) in ``out/<variant>``, evaluate each on the same test
     pairs; writes ``ablation.csv`` and ``head_circumference.png`` to ``out``. The variants share one
@@ -132,10 +133,10 @@ def ablation(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfi
     results, rows = {}, {}
     for name, (ssl, sgla) in ABLATION.items():
         variant = dataclasses.replace(settings, ssl=ssl, sgla=probability if sgla else 0.0)
-        run = train(data, out / name, variant, quiet=quiet, cache=out / CACHE_FOLDER)
+        run = train(data, out / name, variant, overwrite=overwrite, quiet=quiet, cache=out / CACHE_FOLDER)
         rows[name] = _pair_rows(run, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=settings.device,
                                 workers=settings.workers, quiet=quiet)
-        write_csv(run / "pairs.csv", rows[name])
+        write_csv(run / PAIRS_FILE, rows[name])
         results[name] = summarise(rows[name])
     write_csv(out / "ablation.csv", [{"variant": name, "ssl": ABLATION[name][0], "sgla": ABLATION[name][1], **summary}
                                      for name, summary in results.items()])

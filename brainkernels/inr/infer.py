@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from brainkernels.data.layouts.dhcp import AGE_RANGE_WEEKS, normalise_age
+from brainkernels.data.layouts.dhcp import AGE_RANGE_WEEKS, PLAUSIBLE_AGE_WEEKS, normalise_age, plausible_age
+from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import ModelInput
 from brainkernels.inr.model import AutoDecoder, bound_norm
 from brainkernels.ops.coordinate_mlp import grid_coordinates
@@ -20,8 +21,19 @@ FIT_STEPS = {2: 2000, 3: 1000}
 FIT_LR = 1e-3
 
 
+def require_plausible(ages: Sequence[float]) -> None:
+    """Refuse an implausible age (a unit error, say); callers check before any work."""
+    for age in ages:
+        if not plausible_age(age):
+            low, high = PLAUSIBLE_AGE_WEEKS
+            raise BrainkernelsError(f"age {age:g} weeks is not a postmenstrual age (expected {low:g} to {high:g} "
+                                    "weeks)")
+
+
 def check_age(age_weeks: float) -> float:
-    """The normalised age, with a warning when ``age_weeks`` lies outside the trained 26-45 weeks."""
+    """The normalised age, with a warning when ``age_weeks`` lies outside the trained 26-45 weeks;
+    an implausible age is refused."""
+    require_plausible([age_weeks])
     low, high = AGE_RANGE_WEEKS
     if not low <= age_weeks <= high:
         warnings.warn(f"age {age_weeks:g} weeks lies outside the trained range {low:g}-{high:g} weeks: the "
@@ -35,10 +47,13 @@ def fit_latent(model: AutoDecoder, scan: ModelInput, age_weeks: float, *, steps:
     AdamW from the zero latent, projected onto the latents' norm bound after every step.
 
     ``voxels`` None: every step uses the whole grid (the fused op in grid mode, memory bounded by
-    its block size); a number: that many voxels drawn anew each step, for speed on a CPU."""
+    its block size); a number: that many voxels drawn anew each step, for speed on a CPU (at least
+    the grid's voxels: the whole grid)."""
     age = check_age(age_weeks)
     device = next(model.parameters()).device
     target = scan.image.to(device)
+    if voxels is not None and voxels >= target.numel():  # a sample as large as the grid: the grid (not 10^12 draws)
+        voxels = None
     latent = torch.zeros(model.latents.embedding_dim, device=device, requires_grad=True)
     optimizer = torch.optim.AdamW([latent], lr=lr)
     coordinates = grid_coordinates(target.shape, device=device) if voxels else None

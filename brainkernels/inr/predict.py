@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from brainkernels.data.command_folders import check_output_files, check_output_folder
 from brainkernels.data.volume import Volume, is_nifti, load_nifti, save_nifti
 from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import prepare_input
 from brainkernels.inr.figures import sequence_montage
-from brainkernels.inr.infer import FIT_STEPS, atlas_latents, decode_sequence, fit_latent
+from brainkernels.inr.infer import FIT_STEPS, atlas_latents, decode_sequence, fit_latent, require_plausible
 from brainkernels.inr.train import load_trained
 from brainkernels.runtime import setup, teardown
 
@@ -22,18 +23,28 @@ def _name(age: float) -> str:
     return f"{age:g}w".replace(".", "p")
 
 
+def _reconstruction_path(out: Path) -> Path:
+    return out.with_name(f"{out.name.removesuffix('.gz').removesuffix('.nii')}_reconstruction.nii.gz")
+
+
 def predict(run_dir: str | os.PathLike, scan_path: str | os.PathLike, age_in: float, ages_out: Sequence[float],
             out: str | os.PathLike, *, fit_steps: int | None = None, fit_voxels: int | None = None,
-            device: str = "auto", quiet: bool = False) -> list[Path]:
+            device: str = "auto", overwrite: bool = False, quiet: bool = False) -> list[Path]:
     """Fit a latent to the scan at ``scan_path`` (age ``age_in`` weeks) and write its decoding at
     ``age_in`` (the reconstruction) and at each of ``ages_out``.
 
     ``out`` ending in .nii/.nii.gz with one output age: that file, and ``<stem>_reconstruction``
     beside it. Otherwise a folder: ``<age>w.nii.gz`` per age, ``reconstruction.nii.gz`` and
-    ``sequence.png``. Returns the paths written."""
+    ``sequence.png``. Existing files are replaced only with ``overwrite`` (a folder must be new or
+    empty without it). Returns the paths written."""
     out = Path(out)
     if is_nifti(out) and len(ages_out) > 1:
         raise BrainkernelsError(f"{out}: several ages are written to a folder; give a folder name, not a NIfTI name")
+    require_plausible([age_in, *ages_out])
+    if is_nifti(out):
+        check_output_files([out, _reconstruction_path(out)], overwrite)
+    else:
+        check_output_folder(out, None, overwrite)
     distributed = setup(device)
     try:
         trained = load_trained(run_dir, distributed.device)
@@ -44,8 +55,7 @@ def predict(run_dir: str | os.PathLike, scan_path: str | os.PathLike, age_in: fl
     finally:
         teardown()
     if is_nifti(out):
-        stem = out.name.removesuffix(".gz").removesuffix(".nii")
-        targets = [out.with_name(f"{stem}_reconstruction.nii.gz"), out]
+        targets = [_reconstruction_path(out), out]
     else:
         out.mkdir(parents=True, exist_ok=True)
         targets = [out / "reconstruction.nii.gz", *(out / f"{_name(age)}.nii.gz" for age in ages_out)]
@@ -59,10 +69,12 @@ def predict(run_dir: str | os.PathLike, scan_path: str | os.PathLike, age_in: fl
 
 
 def atlas(run_dir: str | os.PathLike, ages: Sequence[float], out: str | os.PathLike, *,
-          device: str = "auto") -> list[Path]:
+          device: str = "auto", overwrite: bool = False) -> list[Path]:
     """The zero-latent and mean-latent age sequences: ``<zero|mean>_<age>w.nii.gz`` (the model
     grid with the training spacing, centred on the origin; intensities in [0, 1]) and one montage
-    per latent."""
+    per latent, in the folder ``out`` (new or empty, or with ``overwrite`` replacing those files)."""
+    require_plausible(ages)
+    out = check_output_folder(out, None, overwrite)
     distributed = setup(device)
     try:
         trained = load_trained(run_dir, distributed.device)
@@ -70,7 +82,6 @@ def atlas(run_dir: str | os.PathLike, ages: Sequence[float], out: str | os.PathL
                      for name, latent in atlas_latents(trained.model).items()}
     finally:
         teardown()
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     affine = np.diag([*trained.grid.spacing, 1.0])
     affine[:3, 3] = -np.array(trained.grid.spacing) * np.array(trained.grid.shape) / 2

@@ -13,20 +13,23 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from brainkernels.data.atomic import atomic_path
 from brainkernels.data.cache import PreparedCache
 from brainkernels.data.layouts.dhcp import DHCPScan, read_dhcp, scans_by_subject
 from brainkernels.data.layouts.splits import split_by_subject
 from brainkernels.data.volume import load_nifti
 from brainkernels.errors import BrainkernelsError
-from brainkernels.inr.data import ModelGrid, SampledVoxels, preparation_request
+from brainkernels.inr.data import GRID_FILE, ModelGrid, SampledVoxels, preparation_request
 from brainkernels.inr.model import AutoDecoder
-from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, setup, teardown
+from brainkernels.runtime import Trainer, TrainerConfig, config, setup, teardown
+from brainkernels.runtime.claim import claimed_run
 from brainkernels.runtime.prepared import cache_folder, prepared_entries
 from brainkernels.runtime.trained import load_trained_run
 
 METHOD = "inr"
 ARCHITECTURE_KEYS = ("dims", "ssl", "latent_size", "width", "depth", "activation")
 LATENTS_FILE = "latents.json"
+PAIRS_FILE = "pairs.csv"  # written into each variant's run by the ablation
 TEST_FRACTION = 0.2
 """Of the subjects with two or more sessions, held out to test predicting one session from another."""
 
@@ -57,8 +60,8 @@ class INRConfig(TrainerConfig):
                 raise ValueError(f"key '{name}' must lie in [0, 1]; got {getattr(self, name)}")
         if not 0 < self.pixel_ratio <= 1:
             raise ValueError(f"key 'pixel_ratio' must lie in (0, 1]; got {self.pixel_ratio}")
-        if self.max_norm <= 0:
-            raise ValueError(f"key 'max_norm' must be positive; got {self.max_norm}")
+        self.require_at_least(1, "latent_size", "width", "depth")
+        self.require_positive("lr", "max_norm")
 
 
 def split_test_subjects(scans: list[DHCPScan], seed: int) -> tuple[list[DHCPScan], list[str]]:
@@ -113,34 +116,36 @@ def reconstruction_loss(sgla: float):
 
 
 def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, *, resume: bool = False,
-          quiet: bool = False, cache: str | os.PathLike | None = None) -> Path:
-    """Train on the dHCP-layout cohort at ``data`` (test subjects held out); the run folder is ``out``,
-    the prepared-volume cache ``cache`` (default: in the run folder)."""
+          overwrite: bool = False, quiet: bool = False, cache: str | os.PathLike | None = None) -> Path:
+    """Train on the dHCP-layout cohort at ``data`` (test subjects held out); the run folder is ``out``
+    (refused when it holds anything, unless ``resume`` continues the run there or ``overwrite``
+    replaces it), the prepared-volume cache ``cache`` (default: in the run folder)."""
     distributed = setup(settings.device)
     try:
         training, _ = split_test_subjects(read_dhcp(data), settings.split_seed)
         keys = latent_keys(training, settings.ssl)
         index = {key: position for position, key in enumerate(keys)}
         grid = model_grid(training, settings.dims)
-        run = RunFolder(out)
-        if distributed.is_main:
-            run.create()
-            config.write_toml(settings, run.config)
-            grid.save(run.root)
-            (run.root / LATENTS_FILE).write_text(json.dumps(keys) + "\n")
-        distributed.barrier()
-        entries = prepared_entries([preparation_request(scan, grid) for scan in training],
-                                   PreparedCache(cache_folder(cache, run.root)), distributed, quiet=quiet)
-        dataset = SampledVoxels(entries, training, grid, [index[_latent_key(scan, settings.ssl)] for scan in training],
-                                settings.pixel_ratio, settings.foreground_share)
-        trainer = Trainer(
-            method=METHOD, build_model=lambda: build_model(settings, len(keys)),
-            build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),
-            loss_fn=reconstruction_loss(settings.sgla), dataset=dataset, config=settings, distributed=distributed,
-            run=run, run_config=config.to_dict(settings), architecture_keys=ARCHITECTURE_KEYS, quiet=quiet,
-            memory_advice="--micro-batches or lower --pixel-ratio",
-        )
-        trainer.fit(resume=resume)
+        # The folder is claimed first: the cache lives in it by default.
+        with claimed_run(out, distributed, settings, architecture_keys=ARCHITECTURE_KEYS, label="an INR run",
+                         resume=resume, overwrite=overwrite, method_files=(GRID_FILE, LATENTS_FILE, PAIRS_FILE)) as run:
+            if distributed.is_main:
+                grid.save(run.root)
+                with atomic_path(run.root / LATENTS_FILE) as temporary:
+                    temporary.write_text(json.dumps(keys) + "\n")
+            entries = prepared_entries([preparation_request(scan, grid) for scan in training],
+                                       PreparedCache(cache_folder(cache, run.root)), distributed, quiet=quiet)
+            dataset = SampledVoxels(entries, training, grid,
+                                    [index[_latent_key(scan, settings.ssl)] for scan in training],
+                                    settings.pixel_ratio, settings.foreground_share)
+            trainer = Trainer(
+                method=METHOD, build_model=lambda: build_model(settings, len(keys)),
+                build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),
+                loss_fn=reconstruction_loss(settings.sgla), dataset=dataset, config=settings,
+                distributed=distributed, run=run, run_config=config.to_dict(settings),
+                architecture_keys=ARCHITECTURE_KEYS, quiet=quiet, memory_advice="--micro-batches or lower --pixel-ratio",
+            )
+            trainer.fit(resume=resume)
         return run.root
     finally:
         teardown()

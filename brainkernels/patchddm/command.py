@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from brainkernels.options import at_least
 from brainkernels.runtime.command import add_train_verb, add_workers_option
 
 
@@ -22,7 +23,8 @@ def _segment(arguments: argparse.Namespace) -> int:
 
     written = segment(arguments.model, arguments.input, arguments.out, steps=arguments.steps,
                       ensemble=arguments.ensemble, seed=arguments.seed, precision=arguments.precision,
-                      device=arguments.device, workers=arguments.workers, quiet=arguments.quiet)
+                      device=arguments.device, workers=arguments.workers, overwrite=arguments.overwrite,
+                      quiet=arguments.quiet)
     print(f"wrote {len(written)} segmentation(s) (mask, probability, variance, PNG) to {arguments.out}")
     return 0
 
@@ -42,10 +44,10 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
 def _sampling_options(parser: argparse.ArgumentParser, *, lists: bool) -> None:
     parser.add_argument("--model", required=True, metavar="RUN", help="run folder written by `patchddm train`")
-    kind = _int_list if lists else int
-    parser.add_argument("--steps", type=kind, default=[20] if lists else 20,
+    parser.add_argument("--steps", type=_int_list if lists else at_least(1, "--steps"), default=[20] if lists else 20,
                         help="DDIM sampling steps" + (" (comma-separated list)" if lists else ""))
-    parser.add_argument("--ensemble", type=kind, default=[1, 3, 5] if lists else 5,
+    parser.add_argument("--ensemble", type=_int_list if lists else at_least(1, "--ensemble"),
+                        default=[1, 3, 5] if lists else 5,
                         help="ensemble size(s)" + (" (comma-separated list)" if lists else ""))
     parser.add_argument("--seed", type=int, default=0, help="member k starts from the noise of seed + k")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
@@ -72,7 +74,8 @@ def register_command(commands) -> None:
                                description="Sample an ensemble per subject: mask, mean probability, variance.")
     _sampling_options(segment, lists=False)
     segment.add_argument("--input", required=True, help="a BraTS subject folder or a folder of them")
-    segment.add_argument("--out", required=True, help="output folder")
+    segment.add_argument("--out", required=True, help="output folder (new or empty)")
+    segment.add_argument("--overwrite", action="store_true", help="replace the outputs of the same names in --out")
     segment.set_defaults(run=_segment)
 
     evaluate = verbs.add_parser("evaluate", help="Dice and HD95 on the test split",

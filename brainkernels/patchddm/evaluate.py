@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from brainkernels.data.atomic import write_csv  # noqa: E402
+from brainkernels.data.command_folders import check_output_folder  # noqa: E402
 from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject  # noqa: E402
 from brainkernels.data.volume import Volume, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
@@ -73,18 +75,24 @@ def _load_for_sampling(run_dir, device: torch.device, precision: str):
 
 def segment(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.PathLike, *, steps: int = 20,
             ensemble: int = 5, seed: int = 0, precision: str = "fp32", device: str = "auto",
-            workers: int = DEFAULT_WORKERS, quiet: bool = False) -> list[Path]:
+            workers: int = DEFAULT_WORKERS, overwrite: bool = False, quiet: bool = False) -> list[Path]:
     """Segment every subject under ``inputs``; writes ``<id>_mask``, ``_probability`` and
-    ``_variance`` NIfTI files (the input's affine) and PNGs to ``out``. Returns the mask paths.
-    ``workers`` processes load the next subjects meanwhile."""
+    ``_variance`` NIfTI files (the input's affine) and PNGs to ``out`` (new or empty, or with
+    ``overwrite`` replacing those files). Returns the mask paths. ``workers`` processes load the
+    next subjects meanwhile."""
+    out = check_output_folder(out, None, overwrite)
+    subjects = input_subjects(inputs)
     distributed = setup(device)
     try:
         model, settings = _load_for_sampling(run_dir, distributed.device, precision)
-        subjects = input_subjects(inputs)
-        out = Path(out)
+        paths = {subject.subject_id: subject.modality_paths for subject in subjects}
 
         def one(prepared: PreparedSubject) -> Path:
             subject_id = prepared.subject_id
+            for modality, channel in zip(MODALITIES, prepared.image[(slice(None), *prepared.crop)]):
+                if channel.min() == channel.max():  # a blank or failed export: the model never saw one
+                    warnings.warn(f"{paths[subject_id][modality]}: every voxel has the same value; the "
+                                  "segmentation of this subject is not reliable", stacklevel=1)
             bar = progress(total=steps * ensemble, desc=f"{subject_id}: {ensemble} x {steps} steps",
                            quiet=quiet, main=distributed.is_main, leave=False)
             segmentation = sample_members(model, settings, prepared, steps=steps, ensemble=ensemble, seed=seed,

@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainkernels.data.cache import PreparedCache
-from brainkernels.data.layouts.brats import read_brats
+from brainkernels.data.layouts.brats import check_subjects, read_brats
 from brainkernels.data.layouts.splits import split_by_subject
 from brainkernels.errors import BrainkernelsError
 from brainkernels.patchddm.data import MODES, Mode, TrainingSamples, preparation_request
 from brainkernels.patchddm.diffusion import Diffusion
 from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, RECOMPUTE, DiffusionUNet, Recompute
-from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, setup, teardown
+from brainkernels.runtime import Trainer, TrainerConfig, config, setup, teardown
+from brainkernels.runtime.claim import claimed_run
 from brainkernels.runtime.prepared import cache_folder, prepared_entries
 from brainkernels.runtime.trained import load_trained_run
 
@@ -53,8 +54,8 @@ class PatchDDMConfig(TrainerConfig):
             raise ValueError(f"key 'mode' must be one of {', '.join(MODES)}; got {self.mode!r}")
         if not self.channel_mult or any(m < 1 for m in self.channel_mult):
             raise ValueError(f"key 'channel_mult' must be positive ints; got {self.channel_mult!r}")
-        if self.channels < 1 or self.blocks < 1 or self.diffusion_steps < 1:
-            raise ValueError("keys 'channels', 'blocks' and 'diffusion_steps' must be at least 1")
+        self.require_at_least(1, "channels", "blocks", "diffusion_steps")
+        self.require_positive("lr")
         if self.patch < 1 or self.patch % self.size_multiple:
             raise ValueError(f"key 'patch' must be a positive multiple of {self.size_multiple} "
                              f"(2^(levels - 1) for {len(self.channel_mult)} levels); got {self.patch}")
@@ -96,30 +97,33 @@ def noise_prediction_loss(diffusion: Diffusion):
 
 
 def train(data: str | os.PathLike, out: str | os.PathLike, settings: PatchDDMConfig, *, resume: bool = False,
-          quiet: bool = False, cache: str | os.PathLike | None = None) -> Path:
-    """Train on the training split of the BraTS-layout cohort at ``data``; the run folder is ``out``,
-    the prepared-volume cache ``cache`` (default: in the run folder)."""
+          overwrite: bool = False, quiet: bool = False, cache: str | os.PathLike | None = None) -> Path:
+    """Train on the training split of the BraTS-layout cohort at ``data``; the run folder is ``out``
+    (refused when it holds anything, unless ``resume`` continues the run there or ``overwrite``
+    replaces it), the prepared-volume cache ``cache`` (default: in the run folder)."""
     distributed = setup(settings.device)
     try:
         training, _, _ = split_subjects(read_brats(data), settings.split_seed)
         if not training:
             raise BrainkernelsError(f"{data}: too few subjects for a training split")
-        run = RunFolder(out)
-        if distributed.is_main:
-            run.create()
-            config.write_toml(settings, run.config)
-        distributed.barrier()
-        requests = [preparation_request(subject, settings.volume_multiple, with_mask=True) for subject in training]
-        entries = prepared_entries(requests, PreparedCache(cache_folder(cache, run.root)), distributed, quiet=quiet)
-        dataset = TrainingSamples(entries, settings.mode, settings.patch)
-        trainer = Trainer(
-            method=METHOD, build_model=lambda: build_model(settings),
-            build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),
-            loss_fn=noise_prediction_loss(Diffusion(settings.diffusion_steps)), dataset=dataset, config=settings,
-            distributed=distributed, run=run, run_config=config.to_dict(settings), architecture_keys=ARCHITECTURE_KEYS,
-            quiet=quiet, memory_advice="--precision bf16, --patch or --mode patch",
-        )
-        trainer.fit(resume=resume)
+        check_subjects(training)
+        # The folder is claimed first: the cache lives in it by default.
+        with claimed_run(out, distributed, settings, architecture_keys=ARCHITECTURE_KEYS, label="a PatchDDM run",
+                         resume=resume, overwrite=overwrite) as run:
+            requests = [preparation_request(subject, settings.volume_multiple, with_mask=True)
+                        for subject in training]
+            entries = prepared_entries(requests, PreparedCache(cache_folder(cache, run.root)), distributed,
+                                       quiet=quiet)
+            dataset = TrainingSamples(entries, settings.mode, settings.patch)
+            trainer = Trainer(
+                method=METHOD, build_model=lambda: build_model(settings),
+                build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),
+                loss_fn=noise_prediction_loss(Diffusion(settings.diffusion_steps)), dataset=dataset, config=settings,
+                distributed=distributed, run=run, run_config=config.to_dict(settings),
+                architecture_keys=ARCHITECTURE_KEYS, quiet=quiet,
+                memory_advice="--precision bf16, --patch or --mode patch",
+            )
+            trainer.fit(resume=resume)
         return run.root
     finally:
         teardown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from brainkernels.options import at_least
 from brainkernels.runtime.command import add_train_verb, add_workers_option
 
 
@@ -12,7 +13,7 @@ def _detect(arguments: argparse.Namespace) -> int:
 
     written = detect(arguments.model, arguments.input, arguments.out, mode=arguments.mode, tile=arguments.tile,
                      device=arguments.device, masks=arguments.masks, workers=arguments.workers,
-                     quiet=arguments.quiet, precision=arguments.precision)
+                     overwrite=arguments.overwrite, quiet=arguments.quiet, precision=arguments.precision)
     print(f"wrote {len(written)} anomaly map(s) with PNG overlays to {arguments.out}")
     return 0
 
@@ -34,7 +35,8 @@ def _inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="RUN", help="run folder written by `ppr train`")
     parser.add_argument("--mode", choices=("dense", "patchwise"), default="dense",
                         help="dense: exact fully convolutional evaluation (fast); patchwise: one patch per voxel")
-    parser.add_argument("--tile", type=int, default=64, help="dense tile edge in voxels (memory grows with it)")
+    parser.add_argument("--tile", type=at_least(1, "--tile"), default=64,
+                        help="dense tile edge in voxels (memory grows with it)")
     from brainkernels.ppr.infer import PRECISIONS
 
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -61,7 +63,8 @@ def register_command(commands) -> None:
                               description="Write an anomaly map per scan, with the scan's geometry, and a PNG.")
     _inference_options(detect)
     detect.add_argument("--input", required=True, help="a .nii/.nii.gz scan or a folder of them")
-    detect.add_argument("--out", required=True, help="output folder")
+    detect.add_argument("--out", required=True, help="output folder (new or empty)")
+    detect.add_argument("--overwrite", action="store_true", help="replace the maps of the same names in --out")
     detect.add_argument("--masks", default=None, metavar="FOLDER",
                         help="voxel masks <name>.nii.gz of the scans (0 none, 1 haemorrhage, 2 fracture; synthetic "
                              "cohorts have them): the figures cut through the findings and outline them")

@@ -17,9 +17,10 @@ import torch  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from brainkernels.data.atomic import write_csv  # noqa: E402
+from brainkernels.data.command_folders import check_output_folder  # noqa: E402
 from brainkernels.data.layouts.common import load_label_map  # noqa: E402
 from brainkernels.data.layouts.cq500 import MASK_MEANING, CQ500Scan, load_cq500_structures, read_cq500  # noqa: E402
-from brainkernels.data.volume import Volume, is_nifti, save_nifti  # noqa: E402
+from brainkernels.data.volume import Volume, nifti_files_below, save_nifti  # noqa: E402
 from brainkernels.errors import BrainkernelsError  # noqa: E402
 from brainkernels.metrics.undefined import Undefined  # noqa: E402
 from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
@@ -43,15 +44,13 @@ STRUCTURES = {
 }
 
 
-def _input_files(path: Path) -> list[Path]:
+def input_files(path: Path) -> list[Path]:
+    """A scan, or the scans in a folder and below it."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise BrainkernelsError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
-    if not files:
-        raise BrainkernelsError(f"{path}: no .nii or .nii.gz files")
-    return files
+    return nifti_files_below(path)
 
 
 def _true_findings(masks: Path | None, scan) -> dict[str, torch.Tensor]:
@@ -83,11 +82,16 @@ def anomaly_figure(scan, error: torch.Tensor, label: str, unit: str, truth: dict
 
 def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.PathLike, *,
            mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
-           masks: str | os.PathLike | None = None, workers: int = DEFAULT_WORKERS,
+           masks: str | os.PathLike | None = None, workers: int = DEFAULT_WORKERS, overwrite: bool = False,
            quiet: bool = False, precision: Precision = "float32") -> list[Path]:
-    """Write ``<name>_anomaly.nii.gz`` (input geometry) and ``<name>_anomaly.png`` for each input scan.
-    ``masks``: a folder of voxel masks ``<name>.nii.gz`` (0 none, 1 haemorrhage, 2 fracture) whose
-    findings the figures cut through and outline; ``workers`` processes load the next scans meanwhile."""
+    """Write ``<name>_anomaly.nii.gz`` (input geometry) and ``<name>_anomaly.png`` for each input scan
+    into ``out`` (new or empty, or with ``overwrite`` replacing those files). ``masks``: a folder of
+    voxel masks ``<name>.nii.gz`` (0 none, 1 haemorrhage, 2 fracture) whose findings the figures cut
+    through and outline; ``workers`` processes load the next scans meanwhile."""
+    out = check_output_folder(out, None, overwrite)
+    files = input_files(Path(inputs))
+    if masks is not None and not Path(masks).is_dir():
+        raise BrainkernelsError(f"--masks {masks}: no such folder")
     distributed = setup(device)
     try:
         model, _ = load_trained(run_dir, distributed.device)
@@ -95,10 +99,7 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
         training = reference_grid.load_footprints(run)
         reference = _healthy_reference(run)
         label, unit = ("position error", "") if reference is None else ("error vs healthy scans", "SD")
-        out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        if masks is not None and not Path(masks).is_dir():
-            raise BrainkernelsError(f"--masks {masks}: no such folder")
 
         def one(scan: PreparedScan) -> Path:
             warning = reference_grid.check_scan(training, scan)
@@ -114,9 +115,8 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
             save_figure(anomaly_figure(scan, error, label, unit, truth, warning), out / f"{scan.name}_anomaly.png")
             return target
 
-        return run_cohort(_input_files(Path(inputs)), one, distributed, description="anomaly maps", load=prepare,
-                          workers=workers, quiet=quiet, sizes=f"mode={mode}, tile={tile}",
-                          advice="Lower --tile to use less memory.")
+        return run_cohort(files, one, distributed, description="anomaly maps", load=prepare, workers=workers,
+                          quiet=quiet, sizes=f"mode={mode}, tile={tile}", advice="Lower --tile to use less memory.")
     finally:
         teardown()
 

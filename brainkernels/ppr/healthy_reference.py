@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from brainkernels.data.atomic import atomic_path
 from brainkernels.ppr.autoencoder import AutoEncoder, reconstruction_error
 from brainkernels.ppr.data import PreparedScan
+from brainkernels.errors import BrainkernelsError
 from brainkernels.ppr.infer import Precision, anomaly_map
 from brainkernels.runtime import RunFolder, latest_checkpoint
+from brainkernels.runtime.checkpoint import describe_load_error, save_atomically
 
 FILE = "healthy_reference.pt"
 TOP_FRACTION = 0.001  # a structure's score: the mean of its highest 0.1 % of voxels (0.6 ml of a 1 mm hemisphere)
@@ -75,9 +76,8 @@ def build(model, scans: list[PreparedScan], checkpoint_name: str, device: torch.
 
 
 def save(run: RunFolder, reference: HealthyReference) -> None:
-    with atomic_path(run.root / FILE) as temporary:
-        torch.save({"checkpoint": reference.checkpoint, "mean": reference.mean, "std": reference.std,
-                    "floor": reference.floor}, temporary)
+    save_atomically({"checkpoint": reference.checkpoint, "mean": reference.mean, "std": reference.std,
+                     "floor": reference.floor}, run.root / FILE)
 
 
 def load(run: RunFolder) -> HealthyReference | None:
@@ -86,8 +86,28 @@ def load(run: RunFolder) -> HealthyReference | None:
     latest = latest_checkpoint(run.checkpoints)
     if not path.is_file() or latest is None:
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return HealthyReference(**saved) if saved["checkpoint"] == latest.name else None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        reference = HealthyReference(**saved)
+        _check(reference)
+    except Exception as error:  # unpickling refused, a damaged file or other contents: all mean "do not use"
+        raise BrainkernelsError(f"{path}: not a healthy reference written by brainkernels "
+                                f"({describe_load_error(error)}); "
+                                "delete it and run `brainkernels ppr train --resume` with the run's settings to "
+                                "make a new one") from None
+    return reference if reference.checkpoint == latest.name else None
+
+
+def _check(reference: HealthyReference) -> None:
+    if not isinstance(reference.checkpoint, str):
+        raise TypeError("its checkpoint name is not a string")
+    kinds = set(reference.mean)
+    if not kinds or set(reference.std) != kinds or set(reference.floor) != kinds:
+        raise TypeError("its mean, spread and floor cover different maps")
+    for kind in kinds:
+        if not (isinstance(reference.mean[kind], Tensor) and isinstance(reference.std[kind], Tensor)
+                and reference.mean[kind].shape == reference.std[kind].shape and reference.mean[kind].dim() == 3):
+            raise TypeError(f"its {kind} mean and spread are not two volumes of one shape")
 
 
 def structure_score(normalised: Tensor, region: Tensor) -> float:

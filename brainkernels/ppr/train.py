@@ -18,13 +18,15 @@ from brainkernels.errors import BrainkernelsError
 from brainkernels.ppr import healthy_reference, reference_grid
 from brainkernels.ppr.autoencoder import AutoEncoder
 from brainkernels.ppr.data import PositionPatches, WholeVolumes, cached_scan, check_cohort, preparation_request
-from brainkernels.ppr.model import PPRNet
-from brainkernels.runtime import RunFolder, Trainer, TrainerConfig, config, latest_checkpoint, setup, teardown
+from brainkernels.ppr.model import MAX_PATCH, MIN_PATCH, PPRNet
+from brainkernels.runtime import Trainer, TrainerConfig, config, latest_checkpoint, setup, teardown
+from brainkernels.runtime.claim import claimed_run
 from brainkernels.runtime.prepared import cache_folder, prepared_entries
 from brainkernels.runtime.trained import load_trained_run
 
 METHOD = "ppr"
 ARCHITECTURE_KEYS = ("model", "network_size", "patch")
+RUN_FILES = (reference_grid.FILE, healthy_reference.FILE)  # what a PPR run writes beside every run's files
 TEST_FRACTION = 0.2  # of the healthy scans, held out with all anomalous scans (paper: 21 of 132)
 
 
@@ -41,6 +43,13 @@ class PPRConfig(TrainerConfig):
     batch_size: int = field(default=1, metadata={"help": "volumes per optimiser step"})
     steps: int = field(default=2000, metadata={"help": "optimiser steps"})
     split_seed: int = field(default=0, metadata={"help": "seed of the train/test split of the healthy scans"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require_at_least(1, "network_size", "patches_per_step")
+        self.require_positive("lr")
+        if self.model == "ppr" and not MIN_PATCH <= self.patch <= MAX_PATCH:
+            raise ValueError(f"key 'patch' must be between {MIN_PATCH} and {MAX_PATCH} voxels; got {self.patch}")
 
 
 def healthy_split(scans, seed: int) -> tuple[list, list]:
@@ -73,41 +82,40 @@ def reconstruction_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 
 def train(data: str | os.PathLike, out: str | os.PathLike, settings: PPRConfig, *, resume: bool = False,
-          quiet: bool = False, cache: str | os.PathLike | None = None) -> Path:
-    """Train on the healthy training scans of the cohort at ``data``; the run folder is ``out``,
-    the prepared-volume cache ``cache`` (default: in the run folder)."""
+          overwrite: bool = False, quiet: bool = False, cache: str | os.PathLike | None = None) -> Path:
+    """Train on the healthy training scans of the cohort at ``data``; the run folder is ``out``
+    (refused when it holds anything, unless ``resume`` continues the run there or ``overwrite``
+    replaces it), the prepared-volume cache ``cache`` (default: in the run folder)."""
     distributed = setup(settings.device)
     try:
         cohort = read_cq500(data)
         training, _ = healthy_split(cohort.scans, settings.split_seed)
-        run = RunFolder(out)
-        if distributed.is_main:
-            run.create()
-            config.write_toml(settings, run.config)
-        distributed.barrier()
-        entries = prepared_entries([preparation_request(scan.path, settings.patch) for scan in training],
-                                   PreparedCache(cache_folder(cache, run.root)), distributed, quiet=quiet)
-        prepared = [cached_scan(entry, scan.path) for entry, scan in zip(entries, training, strict=True)]
-        check_cohort(prepared)
-        if distributed.is_main:
-            reference_grid.save_footprints(run, prepared)
-        dataset = PositionPatches(entries, settings.patch, settings.patches_per_step) if settings.model == "ppr" \
-            else WholeVolumes(entries)
-        trainer = Trainer(
-            method=METHOD, build_model=lambda: build_model(settings),
-            build_optimizer=lambda parameters: torch.optim.Adam(parameters, lr=settings.lr),
-            loss_fn=position_loss if settings.model == "ppr" else reconstruction_loss, dataset=dataset,
-            config=settings, distributed=distributed, run=run, run_config=config.to_dict(settings),
-            architecture_keys=ARCHITECTURE_KEYS, quiet=quiet,
-            memory_advice="--patches-per-step or --network-size" if settings.model == "ppr"
-            else "--batch-size or --network-size",
-        )
-        model = trainer.fit(resume=resume)
-        if distributed.is_main and len(prepared) >= 2:  # a spread needs two scans; evaluation copes without
-            latest = latest_checkpoint(run.checkpoints)
-            healthy_reference.save(run, healthy_reference.build(model.eval(), prepared, latest.name,
-                                                                distributed.device))
-        distributed.barrier()
+        # The folder is claimed first: the cache lives in it by default.
+        with claimed_run(out, distributed, settings, architecture_keys=ARCHITECTURE_KEYS, label="a PPR run",
+                         resume=resume, overwrite=overwrite, method_files=RUN_FILES) as run:
+            entries = prepared_entries([preparation_request(scan.path, settings.patch) for scan in training],
+                                       PreparedCache(cache_folder(cache, run.root)), distributed, quiet=quiet)
+            prepared = [cached_scan(entry, scan.path) for entry, scan in zip(entries, training, strict=True)]
+            check_cohort(prepared)
+            if distributed.is_main:
+                reference_grid.save_footprints(run, prepared)
+            dataset = PositionPatches(entries, settings.patch, settings.patches_per_step) \
+                if settings.model == "ppr" else WholeVolumes(entries)
+            trainer = Trainer(
+                method=METHOD, build_model=lambda: build_model(settings),
+                build_optimizer=lambda parameters: torch.optim.Adam(parameters, lr=settings.lr),
+                loss_fn=position_loss if settings.model == "ppr" else reconstruction_loss, dataset=dataset,
+                config=settings, distributed=distributed, run=run, run_config=config.to_dict(settings),
+                architecture_keys=ARCHITECTURE_KEYS, quiet=quiet,
+                memory_advice="--patches-per-step or --network-size" if settings.model == "ppr"
+                else "--batch-size or --network-size",
+            )
+            model = trainer.fit(resume=resume)
+            if distributed.is_main and len(prepared) >= 2:  # a spread needs two scans; evaluation copes without
+                latest = latest_checkpoint(run.checkpoints)
+                healthy_reference.save(run, healthy_reference.build(model.eval(), prepared, latest.name,
+                                                                    distributed.device))
+            distributed.barrier()
         return run.root
     finally:
         teardown()

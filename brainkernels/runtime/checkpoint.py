@@ -7,6 +7,7 @@ an untrusted source cannot run code.
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 from pathlib import Path
@@ -59,9 +60,15 @@ def save_checkpoint(path: Path, *, method: str, config: dict[str, Any], step: in
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
     }
-    with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
+    save_atomically(payload, path)
     return path
+
+
+def save_atomically(payload: Any, path: Path) -> None:
+    """``torch.save`` whose file appears only once complete, and whose full disk is an OSError."""
+    # Through a Python file: torch.save to a path reports a full disk as "unexpected pos", not ENOSPC.
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: Path, *, method: str, config: dict[str, Any] | None = None,
@@ -74,8 +81,8 @@ def load_checkpoint(path: Path, *, method: str, config: dict[str, Any] | None = 
     except FileNotFoundError:
         raise BrainkernelsError(f"{path}: checkpoint not found") from None
     except Exception as error:  # unpickling refused or a damaged file: both mean "do not use"
-        raise BrainkernelsError(f"{path}: not a loadable brainkernels checkpoint ({type(error).__name__}: "
-                                f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        raise BrainkernelsError(f"{path}: not a loadable brainkernels checkpoint ({describe_load_error(error)})") \
+            from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BrainkernelsError(f"{path}: not a brainkernels checkpoint")
     if payload.get("version") != VERSION:
@@ -91,6 +98,16 @@ def load_checkpoint(path: Path, *, method: str, config: dict[str, Any] | None = 
                                 for key in differing)
             raise BrainkernelsError(f"{path}: incompatible configuration: {details}")
     return payload
+
+
+def describe_load_error(error: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, for a user. PyTorch's own message for a
+    refused pickle advises ``weights_only=False``, which would run whatever code the file holds:
+    never pass that on."""
+    if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
+        return "it holds Python objects other than tensors and plain values, which could run code when loaded; refused"
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

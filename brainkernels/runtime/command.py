@@ -1,5 +1,5 @@
 """The ``train`` verb every method's command has: ``--data``, ``--out``, ``--cache``, ``--resume``,
-``--quiet`` and the options of the method's configuration dataclass."""
+``--overwrite``, ``--quiet`` and the options of the method's configuration dataclass."""
 
 from __future__ import annotations
 
@@ -13,21 +13,23 @@ from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
 def add_train_verb(verbs, config_class: type, train: Callable[..., Any], *, help: str, description: str,
                    data_help: str, summary: Callable[[Any, Any], str]) -> argparse.ArgumentParser:
-    """Add ``train`` to ``verbs``: it runs ``train(data, out, settings, resume=, quiet=, cache=)``
-    and prints ``summary(settings, run_folder)``."""
+    """Add ``train`` to ``verbs``: it runs ``train(data, out, settings, resume=, overwrite=, quiet=,
+    cache=)`` and prints ``summary(settings, run_folder)``."""
     parser = verbs.add_parser("train", help=help, description=description)
     parser.add_argument("--data", required=True, help=data_help)
     parser.add_argument("--out", required=True, metavar="RUN", help="run folder")
     parser.add_argument("--cache", metavar="DIR", default=None,
                         help="prepared-volume cache folder, reusable by other runs (default RUN/cache)")
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in --out (removes only the files a run writes)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     config.add_arguments(parser, config_class)
 
     def run(arguments: argparse.Namespace) -> int:
         settings = config.config_from_arguments(config_class, arguments)
-        folder = train(arguments.data, arguments.out, settings, resume=arguments.resume, quiet=arguments.quiet,
-                       cache=arguments.cache)
+        folder = train(arguments.data, arguments.out, settings, resume=arguments.resume, overwrite=arguments.overwrite,
+                       quiet=arguments.quiet, cache=arguments.cache)
         print(summary(settings, folder))
         return 0
 

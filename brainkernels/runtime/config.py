@@ -117,7 +117,9 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as error:
+    except OSError as error:  # a folder, say
+        raise ConfigError(f"{path}: cannot read the config file ({error.strerror or error})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
 
 

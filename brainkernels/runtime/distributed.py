@@ -36,6 +36,17 @@ class Distributed:
         if self.active:
             dist.barrier()
 
+    def raise_from_main(self, error: Exception | None) -> None:
+        """Raise rank 0's ``error`` (None: there was none) on every rank, so that no rank waits
+        forever for one that has stopped."""
+        if self.active:
+            shared = [None if error is None else str(error)]
+            dist.broadcast_object_list(shared, src=0)
+            if error is None and shared[0] is not None:
+                error = BrainkernelsError(shared[0])
+        if error is not None:
+            raise error
+
     def mean(self, value: float) -> float:
         """The mean of ``value`` over all ranks."""
         if not self.active:

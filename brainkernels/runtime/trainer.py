@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import random
 import time
@@ -63,12 +64,22 @@ class TrainerConfig:
                                                                     "result is the same)"})
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "micro_batches", "log_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"key '{name}' must be at least 1; got {getattr(self, name)}")
-        for name in ("eval_every", "workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"key '{name}' must be 0 or more; got {getattr(self, name)}")
+        self.require_at_least(1, "steps", "batch_size", "micro_batches", "log_every", "checkpoint_every",
+                              "keep_checkpoints")
+        self.require_at_least(0, "eval_every", "workers")
+
+    def require_at_least(self, minimum: int, *names: str) -> None:
+        """A method's configuration checks its counts with this: every count has a lower bound."""
+        for name in names:
+            if getattr(self, name) < minimum:
+                raise ValueError(f"key '{name}' must be at least {minimum}; got {getattr(self, name)}")
+
+    def require_positive(self, *names: str) -> None:
+        """Finite and above zero (a learning rate of nan or -1 trains nothing)."""
+        for name in names:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"key '{name}' must be a finite number above 0; got {value}")
 
 
 def seed_everything(seed: int) -> None:
@@ -237,8 +248,9 @@ class Trainer:
                 scaler.load_state_dict(state["scaler"])
             checkpoint.restore_rng(state["rng"])
             start = state["step"]
-            if distributed.is_main:
-                self.run.truncate_metrics(start)
+        if resume and self.run is not None and distributed.is_main:
+            # Rows after the checkpoint (or all, when the run died before its first) are redone.
+            self.run.truncate_metrics(start)
         trained = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
             if distributed.active else model
         bar = progress(total=config.steps, initial=start, desc=f"{self.method} training", quiet=self.quiet,

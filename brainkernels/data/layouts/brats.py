@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from torch import Tensor
 
 from brainkernels.data.layouts.common import find_nifti, load_label_map, require_cohort_folder, visible_entries
-from brainkernels.data.volume import Volume, load_nifti, stack_modalities
+from brainkernels.data.volume import Volume, load_nifti, read_header, stack_modalities
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 """Channel order of a subject's image."""
@@ -54,6 +55,27 @@ def load_brats_seg(subject: BraTSSubject) -> Volume:
     if subject.seg is None:
         raise ValueError(f"subject {subject.subject_id!r} has no segmentation (a validation subject?)")
     return load_label_map(subject.seg, SEG_LABELS, SEG_MEANING)
+
+
+def check_subjects(subjects: list[BraTSSubject]) -> None:
+    """Check every subject before training uses any: the headers of its sequences and label map
+    agree in shape and affine, and its labels are BraTS labels. Only the label maps are read whole;
+    without this a bad subject ends a run when it is first drawn, perhaps hours in."""
+    for subject in subjects:
+        headers = {path: _grid(path) for path in (*subject.modality_paths.values(), subject.seg) if path is not None}
+        (first, grid), *others = headers.items()
+        for path, other in others:
+            if other[0] != grid[0]:
+                raise ValueError(f"{path}: shape {other[0]} differs from {first}: {grid[0]}")
+            if not np.allclose(other[1], grid[1], atol=1e-4):
+                raise ValueError(f"{path}: affine differs from {first} (not co-registered)")
+        load_brats_seg(subject)
+
+
+def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine from a NIfTI header (the data are not read)."""
+    header = read_header(path)
+    return tuple(header.get_data_shape()), header.get_best_affine()
 
 
 def whole_tumour(seg: Tensor) -> Tensor:

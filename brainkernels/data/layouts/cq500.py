@@ -108,10 +108,15 @@ def _binary_columns(table: pd.DataFrame, names: list[str], path: Path) -> pd.Dat
             row = int(invalid.to_numpy().nonzero()[0][0])
             raise ValueError(
                 f"{path}: column {column} must hold 0 or 1; line {line_number(row)} "
-                f"(name {names[row]!r}) has {table[column].iloc[row]!r}"
+                f"(name {names[row]!r}) has {_plain(table[column].iloc[row])}"
             )
         columns[column] = values.astype(bool)
     return pd.DataFrame(columns)
+
+
+def _plain(value) -> str:
+    """A table value as the user typed it: 2, nan or 'yes', not np.int64(2) or np.float64(nan)."""
+    return repr(value) if isinstance(value, str) else str(value.item() if hasattr(value, "item") else value)
 
 
 def _majority(per_reader: list[pd.Series]) -> list[bool]:

@@ -27,6 +27,8 @@ from brainkernels.data.volume import Volume
 
 AGE_RANGE_WEEKS = (26.0, 45.0)
 """Postmenstrual ages of the dHCP neonates; the INR's time input maps this range onto [0, 1]."""
+PLAUSIBLE_AGE_WEEKS = (20.0, 60.0)
+"""Postmenstrual ages a scan can have; one outside is a typo or a unit error (days, years)."""
 _LAYOUT = "a dHCP/BIDS cohort: participants.tsv and sub-<id>/ folders"
 
 
@@ -49,6 +51,11 @@ class DHCPScan:
 def normalise_age(age_weeks: float) -> float:
     low, high = AGE_RANGE_WEEKS
     return (age_weeks - low) / (high - low)
+
+
+def plausible_age(age_weeks: float) -> bool:
+    low, high = PLAUSIBLE_AGE_WEEKS
+    return math.isfinite(age_weeks) and low <= age_weeks <= high
 
 
 def read_dhcp(root: str | Path) -> list[DHCPScan]:
@@ -108,14 +115,15 @@ def _read_subject(root: Path, subject: str, participants_path: Path) -> list[DHC
 
 
 def _ages(table: pd.DataFrame, path: Path) -> list[float]:
-    """The ``scan_age`` column, after checking that every age is a positive number of weeks."""
+    """The ``scan_age`` column, after checking that every age is a plausible postmenstrual age."""
     ages = pd.to_numeric(table["scan_age"], errors="coerce").tolist()
+    low, high = PLAUSIBLE_AGE_WEEKS
     for row, age in enumerate(ages):
-        if not (math.isfinite(age) and age > 0):
+        if not plausible_age(age):
             given = table["scan_age"].iloc[row]
             raise ValueError(
                 f"{path}: scan_age on line {line_number(row)} is {'empty' if pd.isna(given) else given}; "
-                "expected a positive postmenstrual age in weeks"
+                f"expected a postmenstrual age in weeks, {low:g} to {high:g}"
             )
     return ages
 

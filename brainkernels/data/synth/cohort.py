@@ -4,13 +4,16 @@ subject was drawn, and read that record back to regenerate any subject."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import brainkernels
 from brainkernels.data.atomic import atomic_path
+from brainkernels.data.volume import check_voxel_count
 from brainkernels.data.synth import brats, cq500, dhcp
 from brainkernels.data.synth.subject import Subject
 from brainkernels.data.synth.writing import CohortLayout
@@ -56,7 +59,8 @@ def write_cohort(
 
     A non-empty ``out`` is refused unless ``overwrite``, which first removes what any synthetic
     cohort consists of (other files stay). ``progress`` wraps the loop over subjects (a progress
-    bar). cohort.json is written last: a folder with it holds a complete cohort. ``rescanned``
+    bar). The cohort is written into a hidden folder in ``out`` and moved into place once complete
+    (cohort.json last), so a failure leaves none of it behind. ``rescanned``
     (dhcp only, default 0.1 as in the dHCP): the share of babies scanned more than once; the INR's
     evaluation and its SSL need such longitudinal subjects.
     """
@@ -75,10 +79,32 @@ def write_cohort(
         if not 0 <= rescanned <= 1:
             raise ValueError(f"rescanned must be a share between 0 and 1; got {rescanned!r}")
         options["rescanned"] = float(rescanned)
+    check_voxel_count((shape,) * 3, "shape")
     layout = LAYOUTS[kind]
     root = Path(out)
+    created = not root.exists()
     _prepare_folder(root, overwrite)
+    # Written into a hidden folder inside ``root`` (readers pass over hidden entries) and moved into
+    # place at the end, so that a full disk or an interruption leaves no partial cohort.
+    staging = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".synth-", dir=root))
+        _write(kind, staging, subjects, shape, seed, options, progress)
+        for entry in sorted(staging.iterdir(), key=lambda entry: entry.name == COHORT_FILE):  # cohort.json last
+            os.replace(entry, root / entry.name)
+        staging.rmdir()
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(root.iterdir()):
+            root.rmdir()
+        raise
+    return root / COHORT_FILE
 
+
+def _write(kind: str, root: Path, subjects: int, shape: int, seed: int, options: dict,
+           progress: Callable[[Iterable[dict]], Iterable[dict]] | None) -> None:
+    layout = LAYOUTS[kind]
     records = layout.plan(subjects, seed, **options)
     for record in progress(records) if progress is not None else records:
         layout.write_subject(root, record, shape)
@@ -95,7 +121,6 @@ def write_cohort(
     }
     with atomic_path(root / COHORT_FILE) as temporary:
         temporary.write_text(json.dumps(description, indent=1) + "\n")
-    return root / COHORT_FILE
 
 
 def read_cohort(root: str | Path) -> SynthCohort:
@@ -129,7 +154,7 @@ def _prepare_folder(root: Path, overwrite: bool) -> None:
             f"{root}: folder is not empty ({len(existing)} entries, e.g. {existing[0].name}); "
             "choose an empty folder, or overwrite"
         )
-    for pattern in (COHORT_FILE, *(entry for layout in LAYOUTS.values() for entry in layout.entries)):
+    for pattern in (COHORT_FILE, ".synth-*", *(entry for layout in LAYOUTS.values() for entry in layout.entries)):
         for entry in root.glob(pattern):
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     root.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from brainkernels.options import at_least
+
 KIND_HELP = {
     "cq500": "head CT with haemorrhages and fractures, reader labels and voxel masks (PPR)",
     "brats": "four-contrast brain MR with tumour labels 1/2/4 (PatchDDM)",
@@ -28,11 +30,11 @@ def register_command(subparsers: argparse._SubParsersAction) -> None:
     for kind, help_text in KIND_HELP.items():
         parser = kinds.add_parser(kind, help=help_text, description=f"Write a synthetic {kind} cohort: {help_text}.")
         parser.add_argument("--out", type=Path, required=True, help="folder to write the cohort into (empty or new)")
-        parser.add_argument("--subjects", type=_at_least(1, "--subjects"), default=20,
+        parser.add_argument("--subjects", type=at_least(1, "--subjects"), default=20,
                             help="number of subjects (default 20)")
-        parser.add_argument("--shape", type=_at_least(16, "--shape"), default=96,
+        parser.add_argument("--shape", type=at_least(16, "--shape"), default=96,
                             help="voxels per side of the cubic grid (default 96)")
-        parser.add_argument("--seed", type=_at_least(0, "--seed"), default=0,
+        parser.add_argument("--seed", type=at_least(0, "--seed"), default=0,
                             help="random seed; equal seeds write equal files (default 0)")
         parser.add_argument("--overwrite", action="store_true",
                             help="replace a synthetic cohort already in --out (other files stay)")
@@ -70,19 +72,6 @@ def run_synth(arguments: argparse.Namespace) -> int:
         print(f"wrote {arguments.subjects} synthetic {arguments.kind} subjects to {arguments.out} "
               f"({cohort.name} records how each was drawn)")
     return 0
-
-
-def _at_least(minimum: int, option: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{option} must be an integer; got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{option} must be at least {minimum}; got {value}")
-        return value
-
-    return parse
 
 
 def _share(option: str):
