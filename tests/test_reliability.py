@@ -329,16 +329,19 @@ def test_outputs_on_a_disk_that_refuses_them(ppr_run, patchddm_run, inr_run, bra
                                              disk_refuses, code):
     subject = sorted(path for path in brats.iterdir() if path.is_dir())[0]
     t2w = sorted(dhcp.glob("sub-*/ses-*/anat/*_T2w.nii.gz"))[0]
+    # Loading stays in this process (--workers 0): the injected fault breaks every temporary file,
+    # the worker processes' own included, where a real read-only output disk would not.
     commands = [
         ("patchddm", "segment", "--model", patchddm_run, "--input", subject, "--steps", "2", "--ensemble", "1",
-         "--device", "cpu", "--quiet", "--out", tmp_path / "segment"),
+         "--device", "cpu", "--quiet", "--workers", "0", "--out", tmp_path / "segment"),
         ("inr", "predict", "--model", inr_run, "--input", t2w, "--age-in", "40", "--ages", "30,35", "--fit-steps", "2",
          "--device", "cpu", "--quiet", "--out", tmp_path / "predict"),
         ("inr", "atlas", "--model", inr_run, "--ages", "30,40", "--device", "cpu", "--out", tmp_path / "atlas"),
         ("synth", "cq500", "--subjects", "2", "--shape", "16", "--quiet", "--out", tmp_path / "synth"),
-        ("ppr", "detect", "--model", ppr_run, "--input", scan, "--quiet", "--out", tmp_path / "maps"),
-        ("ppr", "evaluate", "--model", ppr_run, "--data", cq500, "--quiet", "--out", tmp_path / "evaluation"),
-        ("ppr", "train", "--data", cq500, "--out", tmp_path / "run", *PPR_OPTIONS),
+        ("ppr", "detect", "--model", ppr_run, "--input", scan, "--quiet", "--workers", "0", "--out", tmp_path / "maps"),
+        ("ppr", "evaluate", "--model", ppr_run, "--data", cq500, "--quiet", "--workers", "0",
+         "--out", tmp_path / "evaluation"),
+        ("ppr", "train", "--data", cq500, "--out", tmp_path / "run", *PPR_OPTIONS, "--workers", "0"),
         ("preprocess", "--pipeline", "ct", "--in", cq500 / "scans", "--shape", "16", "--quiet",
          "--out", tmp_path / "pre"),
     ]

@@ -12,6 +12,7 @@ from brainkernels.errors import BrainkernelsError
 from brainkernels.runtime import config
 from brainkernels.runtime.distributed import Distributed
 from brainkernels.runtime.run_folder import RunFolder
+from brainkernels.runtime.trainer import micro_batch_size
 
 
 def check_resumable(run: RunFolder, config_class: type, settings: Any, *, architecture_keys: tuple[str, ...],
@@ -38,6 +39,7 @@ def claimed_run(out: str | os.PathLike, distributed: Distributed, settings: Any,
     """The run folder ``out`` held for this run, with ``settings`` written to its config.toml. Under
     torchrun only rank 0 checks, locks and writes; the other ranks wait for it, and stop with its
     error when it refuses the folder."""
+    micro_batch_size(settings, distributed)  # the batching check needs no data: before anything is written
     run = RunFolder(out)
     with contextlib.ExitStack() as held:
         refusal = None

@@ -82,6 +82,15 @@ class TrainerConfig:
                 raise ValueError(f"key '{name}' must be a finite number above 0; got {value}")
 
 
+def micro_batch_size(config: TrainerConfig, distributed: Distributed) -> int:
+    """Samples per micro-batch on each rank; a batch that does not split evenly is refused."""
+    per_rank, remainder = divmod(config.batch_size, distributed.world_size * config.micro_batches)
+    if remainder or per_rank == 0:
+        raise BrainkernelsError(f"batch_size {config.batch_size} must be a multiple of processes x micro_batches "
+                                f"({distributed.world_size} x {config.micro_batches})")
+    return per_rank
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -137,12 +146,7 @@ class Trainer:
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        per_rank, remainder = divmod(self.config.batch_size, self.distributed.world_size * self.config.micro_batches)
-        if remainder or per_rank == 0:
-            raise BrainkernelsError(
-                f"batch_size {self.config.batch_size} must be a multiple of processes x micro_batches "
-                f"({self.distributed.world_size} x {self.config.micro_batches})")
-        self.micro_batch_size = per_rank
+        self.micro_batch_size = per_rank = micro_batch_size(self.config, self.distributed)
         self.sampler = DistributedSampler(self.dataset, num_replicas=self.distributed.world_size,
                                           rank=self.distributed.rank, shuffle=True, seed=self.config.seed,
                                           drop_last=True)
