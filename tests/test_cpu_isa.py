@@ -118,14 +118,15 @@ def test_forcing_an_unknown_or_unrunnable_isa_is_refused():
     assert backends.cpu_isa() == before
 
 
-def test_environment_variable_forces_the_isa():
+def test_environment_variable_forces_the_isa(tmp_path):
+    # Run outside the source tree: imported from there, brainkernels holds no compiled kernels.
     import subprocess
     import sys
 
     code = "from brainkernels import backends; print(backends.cpu_isa())"
     env = {**__import__("os").environ, backends.CPU_ISA_ENV_VAR: "baseline"}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip() == "baseline"
+                          check=True, cwd=tmp_path).stdout.strip() == "baseline"
     env[backends.CPU_ISA_ENV_VAR] = "mmx"
-    failed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    failed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert failed.returncode != 0 and "BRAINKERNELS_CPU_ISA=mmx: unknown instruction set 'mmx'" in failed.stderr
