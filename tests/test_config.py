@@ -69,3 +69,39 @@ def test_bad_command_line_values_name_the_key(tmp_path):
 def test_range_checks_name_the_key():
     with pytest.raises(ConfigError, match="key 'micro_batches' must be at least 1"):
         config.load_config(TrainerConfig, overrides={"micro_batches": "0"})
+
+
+@dataclasses.dataclass(frozen=True)
+class PresetConfig(ToyConfig):
+    PRESETS = None  # set per test to a folder of presets
+
+
+@pytest.fixture
+def presets(tmp_path, monkeypatch):
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "paper.toml").write_text("# the paper's settings\npatch = 15\nlr = 0.001\n")
+    (folder / "small.toml").write_text("patch = 5\n")
+    monkeypatch.setattr(PresetConfig, "PRESETS", folder)
+    return folder
+
+
+def test_config_takes_a_shipped_preset_by_name_and_options_override_it(presets, tmp_path, monkeypatch):
+    assert config.preset_names(PresetConfig) == ["paper", "small"]
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, PresetConfig)
+    assert "shipped preset (paper, small" in parser.format_help()
+    resolved = config.config_from_arguments(PresetConfig, parser.parse_args(["--config", "paper", "--lr", "0.5"]))
+    assert resolved == PresetConfig(patch=15, lr=0.5)
+    # A file of that name in the working folder does not shadow the preset; a path reaches it.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "paper").write_text("patch = 3\n")
+    assert config.load_config(PresetConfig, "paper").patch == 15
+    assert config.load_config(PresetConfig, "./paper").patch == 3
+
+
+def test_an_unknown_preset_names_the_shipped_ones(presets):
+    with pytest.raises(ConfigError, match=r"--config 'papr': neither a preset \(shipped: paper, small\) nor a file"):
+        config.load_config(PresetConfig, "papr")
+    with pytest.raises(ConfigError, match="config file not found"):
+        config.load_config(PresetConfig, "missing.toml")

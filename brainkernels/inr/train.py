@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -36,6 +36,7 @@ TEST_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class INRConfig(TrainerConfig):
+    PRESETS: ClassVar[Path] = Path(__file__).with_name("presets")  # --config paper, small
     dims: int = field(default=3, metadata={"help": "2: the central axial slice of each scan; 3: the volume"})
     ssl: bool = field(default=True, metadata={"help": "one latent per subject (SSL); false: one per scan"})
     sgla: float = field(default=0.1, metadata={"help": "probability that a step uses the global latent (0: off)"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ MR_CHANNELS, COORDINATE_CHANNELS = 4, 3
 
 @dataclass(frozen=True)
 class PatchDDMConfig(TrainerConfig):
+    PRESETS: ClassVar[Path] = Path(__file__).with_name("presets")  # --config paper, small
     mode: Mode = field(default="patch", metadata={"help": "patch (PatchDDM), full (FullRes) or half (HalfRes)"})
     patch: int = field(default=128, metadata={"help": "patch edge in voxels (patch mode)"})
     channels: int = field(default=PAPER_CHANNELS, metadata={"help": "U-Net base channels (also the GroupNorm groups)"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ TEST_FRACTION = 0.2  # of the healthy scans, held out with all anomalous scans (
 
 @dataclass(frozen=True)
 class PPRConfig(TrainerConfig):
+    PRESETS: ClassVar[Path] = Path(__file__).with_name("presets")  # --config paper, small
     model: Literal["ppr", "ae"] = field(default="ppr", metadata={"help": "ppr, or the autoencoder baseline ae"})
     # Named m in the paper and until 0.1.0 here; torchrun cannot pass an option named --m (it takes
     # it for an abbreviation of its own --master-addr, --max-restarts, --module, ...).

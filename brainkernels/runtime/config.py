@@ -1,6 +1,9 @@
 """Run configurations: dataclasses with defaults, read from a TOML file, overridden key by key
 on the command line, and written back as the resolved TOML of a run.
 
+A method ships named presets (``paper``, ``small``) as TOML files in the folder its config class
+names in ``PRESETS``; ``--config`` takes such a name or a file's path.
+
 Unknown keys and values of the wrong type are refused with the key's name. A renamed key
 (field metadata ``formerly``) is still read under its former name, from files and checkpoints
 written before the rename.
@@ -123,11 +126,30 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
 
 
-def load_config(config_class: type[Config], path: str | os.PathLike | None = None,
+def preset_names(config_class: type) -> list[str]:
+    """The presets shipped with ``config_class``'s method."""
+    folder = getattr(config_class, "PRESETS", None)
+    return sorted(path.stem for path in folder.glob("*.toml")) if folder is not None else []
+
+
+def config_file(config_class: type, preset_or_path: str | os.PathLike) -> Path:
+    """The TOML file of a shipped preset named ``preset_or_path``, else that path."""
+    if str(preset_or_path) in preset_names(config_class):
+        return config_class.PRESETS / f"{preset_or_path}.toml"
+    path = Path(preset_or_path)
+    if not path.exists() and path.suffix != ".toml" and len(path.parts) == 1:
+        names = ", ".join(preset_names(config_class)) or "none"
+        raise ConfigError(f"--config {str(preset_or_path)!r}: neither a preset (shipped: {names}) nor a file")
+    return path
+
+
+def load_config(config_class: type[Config], preset_or_path: str | os.PathLike | None = None,
                 overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the TOML file at ``path``, then ``overrides`` (the command line)."""
+    """Defaults, then a shipped preset or the TOML file at ``preset_or_path``, then ``overrides``
+    (the command line)."""
     config = config_class()
-    if path is not None:
+    if preset_or_path is not None:
+        path = config_file(config_class, preset_or_path)
         config = from_mapping(config_class, read_toml(path), str(path), config)
     return from_mapping(config_class, overrides or {}, "command line", config)
 
@@ -143,8 +165,11 @@ def write_toml(config: Any, path: str | os.PathLike) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
     """One ``--key`` option per field; only options given on the command line are kept."""
-    group = parser.add_argument_group("configuration (also settable in --config FILE.toml)")
-    group.add_argument("--config", metavar="FILE", default=None, help="TOML file with any of the keys below")
+    group = parser.add_argument_group("configuration (also settable in --config PRESET or FILE.toml)")
+    names = preset_names(config_class)
+    shipped = f"a shipped preset ({', '.join(names)}; see docs/presets.md) or " if names else ""
+    group.add_argument("--config", metavar="PRESET|FILE", default=None,
+                       help=f"{shipped}a TOML file with any of the keys below; options given here override it")
     types = field_types(config_class)
     for field in dataclasses.fields(config_class):
         group.add_argument(
