@@ -1,4 +1,5 @@
-"""What this installation can run: versions, compiled backends, Triton and the devices seen."""
+"""What this installation can run: versions, compiled backends, Triton, the devices seen and the
+models shipped with it."""
 
 from __future__ import annotations
 
@@ -36,6 +37,21 @@ def _devices() -> list[dict]:
     return devices
 
 
+def _shipped_models() -> list[dict]:
+    from brainkernels.inr.train import INRConfig
+    from brainkernels.patchddm.train import PatchDDMConfig
+    from brainkernels.ppr.train import PPRConfig
+    from brainkernels.runtime import shipped
+
+    found = []
+    for config_class in (PPRConfig, PatchDDMConfig, INRConfig):
+        for folder in shipped.shipped_models(config_class).values():
+            card = shipped.read_card(folder)
+            found.append({"model": shipped.PREFIX + folder.name, "method": card["method"], "summary": card["summary"],
+                          "metrics": {name: metric["value"] for name, metric in card["metrics"].items()}})
+    return found
+
+
 def collect() -> dict:
     """Everything `brainkernels info` reports, as plain data."""
     extension = {"available": _extension.available(), "error": _extension.load_error()}
@@ -53,6 +69,7 @@ def collect() -> dict:
         "triton": {"version": _triton_version(), "interpreter": backends.triton_interpreted()},
         "forced_backend": None if forced is None else f"{forced[0]} ({forced[1]})",
         "devices": _devices(),
+        "shipped_models": _shipped_models(),
     }
 
 
@@ -84,4 +101,9 @@ def format_report(info: dict) -> str:
     for device in info["devices"]:
         details = ", ".join(f"{key} {value}" for key, value in device.items() if key not in ("device", "default_backend"))
         lines.append(f"  {device['device']:<8}{details}; ops run on: {device['default_backend']}")
+    lines.append("shipped models (trained on synthetic data; not for clinical use or real scans):"
+                 if info["shipped_models"] else "shipped models:  none in this version")
+    for model in info["shipped_models"]:
+        metrics = ", ".join(f"{name} {value:.3g}" for name, value in model["metrics"].items())
+        lines.append(f"  {model['model']}  {model['summary']} ({metrics}); use as --model {model['model']}")
     return "\n".join(lines)

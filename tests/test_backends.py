@@ -103,7 +103,7 @@ def _info(cuda_devices: int) -> dict:
     devices = [{"device": "cpu", "name": "x86_64", "default_backend": "cpu"}]
     devices += [{"device": f"cuda:{index}", "name": "GPU", "default_backend": "cuda"} for index in range(cuda_devices)]
     return {"brainkernels": "0", "python": "3", "torch": "2", "torch_cuda": None, "forced_backend": None,
-            "triton": {"version": None, "interpreter": False}, "devices": devices,
+            "triton": {"version": None, "interpreter": False}, "devices": devices, "shipped_models": [],
             "extension": {"available": True, "error": None, "openmp_threads": 2, "cuda_built": True,
                           "cuda_architectures": "80,86,90"}}
 

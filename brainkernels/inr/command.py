@@ -6,7 +6,7 @@ import argparse
 
 from brainkernels.options import at_least
 from brainkernels.runtime import config
-from brainkernels.runtime.command import add_train_verb, add_workers_option
+from brainkernels.runtime.command import add_export_verb, add_model_option, add_train_verb, add_workers_option
 
 
 def _age(text: str) -> float:
@@ -83,12 +83,14 @@ def _fitting_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _inference_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="RUN", help="run folder written by `inr train`")
+    from brainkernels.inr.train import INRConfig
+
+    add_model_option(parser, INRConfig, "inr")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
 def register_command(commands) -> None:
-    from brainkernels.inr.train import INRConfig, train
+    from brainkernels.inr.train import METHOD, RUN_FILES, INRConfig, train
 
     inr = commands.add_parser("inr", help="INR auto-decoder: neonatal brain development across age",
                               description="Implicit neural representation of neonatal brain development "
@@ -101,6 +103,7 @@ def register_command(commands) -> None:
                    data_help="dHCP/BIDS folder (participants.tsv, sub-*/)",
                    summary=lambda settings, run: f"trained the INR ({settings.dims}D, ssl={settings.ssl}, "
                                                  f"sgla={settings.sgla}); run folder: {run}")
+    add_export_verb(verbs, method=METHOD, method_files=RUN_FILES)
 
     predict = verbs.add_parser("predict", help="predict a scan at other ages",
                                description="Fit a latent to a scan and write it at other ages (with the input's "

@@ -23,7 +23,7 @@ from brainkernels.inr.infer import FIT_STEPS, decode, fit_latent
 from brainkernels.inr.train import PAIRS_FILE, INRConfig, TrainedINR, load_trained, split_test_subjects, train
 from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
 from brainkernels.metrics.undefined import Undefined
-from brainkernels.runtime import setup, teardown
+from brainkernels.runtime import setup, shipped, teardown
 from brainkernels.runtime.inference import run_cohort
 from brainkernels.runtime.prepared import CACHE_FOLDER
 from brainkernels.runtime.trainer import DEFAULT_WORKERS
@@ -110,9 +110,9 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
     """Evaluate a run on the held-out pairs of ``data``; writes ``pairs.csv``, ``summary.csv`` and
     ``head_circumference.png`` to ``out`` (default RUN/evaluation) and returns the summary.
     ``workers`` processes load the next pairs meanwhile."""
+    out = shipped.evaluation_folder(run_dir, out)
     rows = _pair_rows(run_dir, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=device, workers=workers,
                       quiet=quiet)
-    out = Path(out) if out is not None else Path(run_dir) / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
     write_csv(out / "pairs.csv", rows)

@@ -30,6 +30,7 @@ METHOD = "inr"
 ARCHITECTURE_KEYS = ("dims", "ssl", "latent_size", "width", "depth", "activation")
 LATENTS_FILE = "latents.json"
 PAIRS_FILE = "pairs.csv"  # written into each variant's run by the ablation
+RUN_FILES = (GRID_FILE, LATENTS_FILE, PAIRS_FILE)  # what an INR run writes beside every run's files
 TEST_FRACTION = 0.2
 """Of the subjects with two or more sessions, held out to test predicting one session from another."""
 
@@ -37,6 +38,7 @@ TEST_FRACTION = 0.2
 @dataclass(frozen=True)
 class INRConfig(TrainerConfig):
     PRESETS: ClassVar[Path] = Path(__file__).with_name("presets")  # --config paper, small
+    MODELS: ClassVar[Path] = Path(__file__).with_name("models")  # --model builtin:NAME
     dims: int = field(default=3, metadata={"help": "2: the central axial slice of each scan; 3: the volume"})
     ssl: bool = field(default=True, metadata={"help": "one latent per subject (SSL); false: one per scan"})
     sgla: float = field(default=0.1, metadata={"help": "probability that a step uses the global latent (0: off)"})
@@ -129,7 +131,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, 
         grid = model_grid(training, settings.dims)
         # The folder is claimed first: the cache lives in it by default.
         with claimed_run(out, distributed, settings, architecture_keys=ARCHITECTURE_KEYS, label="an INR run",
-                         resume=resume, overwrite=overwrite, method_files=(GRID_FILE, LATENTS_FILE, PAIRS_FILE)) as run:
+                         resume=resume, overwrite=overwrite, method_files=RUN_FILES) as run:
             if distributed.is_main:
                 grid.save(run.root)
                 with atomic_path(run.root / LATENTS_FILE) as temporary:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from brainkernels.options import at_least
-from brainkernels.runtime.command import add_train_verb, add_workers_option
+from brainkernels.runtime.command import add_export_verb, add_model_option, add_train_verb, add_workers_option
 
 
 def _int_list(text: str) -> list[int]:
@@ -43,7 +43,9 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
 
 def _sampling_options(parser: argparse.ArgumentParser, *, lists: bool) -> None:
-    parser.add_argument("--model", required=True, metavar="RUN", help="run folder written by `patchddm train`")
+    from brainkernels.patchddm.train import PatchDDMConfig
+
+    add_model_option(parser, PatchDDMConfig, "patchddm")
     parser.add_argument("--steps", type=_int_list if lists else at_least(1, "--steps"), default=[20] if lists else 20,
                         help="DDIM sampling steps" + (" (comma-separated list)" if lists else ""))
     parser.add_argument("--ensemble", type=_int_list if lists else at_least(1, "--ensemble"),
@@ -63,12 +65,13 @@ def register_command(commands) -> None:
                                                "coordinate-encoded patches, sampled on the whole volume.")
     verbs = patchddm.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    from brainkernels.patchddm.train import PatchDDMConfig, train
+    from brainkernels.patchddm.train import METHOD, RUN_FILES, PatchDDMConfig, train
 
     add_train_verb(verbs, PatchDDMConfig, train, help="train on the training split of a BraTS-layout cohort",
                    description="Train PatchDDM (--mode patch) or the FullRes / HalfRes baselines.",
                    data_help="BraTS-layout folder (one folder per subject)",
                    summary=lambda settings, run: f"trained PatchDDM ({settings.mode} mode); run folder: {run}")
+    add_export_verb(verbs, method=METHOD, method_files=RUN_FILES)
 
     segment = verbs.add_parser("segment", help="tumour masks with uncertainty (NIfTI + PNG)",
                                description="Sample an ensemble per subject: mask, mean probability, variance.")

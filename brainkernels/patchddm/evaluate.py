@@ -25,7 +25,7 @@ from brainkernels.metrics.undefined import Undefined  # noqa: E402
 from brainkernels.patchddm.data import PreparedSubject, prepare_subject  # noqa: E402
 from brainkernels.patchddm.infer import Segmentation, sample_members  # noqa: E402
 from brainkernels.patchddm.train import load_trained, split_subjects  # noqa: E402
-from brainkernels.runtime import RunFolder, setup, teardown  # noqa: E402
+from brainkernels.runtime import setup, shipped, teardown  # noqa: E402
 from brainkernels.runtime.inference import run_cohort  # noqa: E402
 from brainkernels.runtime.trainer import DEFAULT_WORKERS  # noqa: E402
 from brainkernels.runtime.progress import progress  # noqa: E402
@@ -160,13 +160,13 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
     Returns the summary rows (mean and std over subjects)."""
     if not steps or not ensemble or min(ensemble) < 1:
         raise BrainkernelsError(f"--ensemble sizes must be at least 1 and --steps non-empty; got {ensemble}, {steps}")
+    out = shipped.evaluation_folder(run_dir, out)
     distributed = setup(device)
     try:
         model, settings = _load_for_sampling(run_dir, distributed.device, precision)
         _, _, test = split_subjects(read_brats(data), settings.split_seed)
         if not test:
             raise BrainkernelsError(f"{data}: the cohort is too small to have test subjects")
-        out = Path(out) if out is not None else RunFolder(run_dir).root / "evaluation"
         sizes = sorted(set(ensemble))
 
         def one(prepared: PreparedSubject) -> list[dict]:

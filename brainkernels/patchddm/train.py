@@ -25,6 +25,7 @@ from brainkernels.runtime.trained import load_trained_run
 
 METHOD = "patchddm"
 ARCHITECTURE_KEYS = ("mode", "channels", "channel_mult", "blocks", "diffusion_steps")
+RUN_FILES: tuple[str, ...] = ()  # a PatchDDM run writes only what every run writes
 SPLIT = (0.8, 0.1, 0.1)  # train / validation / test, as the paper
 MR_CHANNELS, COORDINATE_CHANNELS = 4, 3
 
@@ -32,6 +33,7 @@ MR_CHANNELS, COORDINATE_CHANNELS = 4, 3
 @dataclass(frozen=True)
 class PatchDDMConfig(TrainerConfig):
     PRESETS: ClassVar[Path] = Path(__file__).with_name("presets")  # --config paper, small
+    MODELS: ClassVar[Path] = Path(__file__).with_name("models")  # --model builtin:NAME
     mode: Mode = field(default="patch", metadata={"help": "patch (PatchDDM), full (FullRes) or half (HalfRes)"})
     patch: int = field(default=128, metadata={"help": "patch edge in voxels (patch mode)"})
     channels: int = field(default=PAPER_CHANNELS, metadata={"help": "U-Net base channels (also the GroupNorm groups)"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from brainkernels.options import at_least
-from brainkernels.runtime.command import add_train_verb, add_workers_option
+from brainkernels.runtime.command import add_export_verb, add_model_option, add_train_verb, add_workers_option
 
 
 def _detect(arguments: argparse.Namespace) -> int:
@@ -32,7 +32,9 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
 
 def _inference_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="RUN", help="run folder written by `ppr train`")
+    from brainkernels.ppr.train import PPRConfig
+
+    add_model_option(parser, PPRConfig, "ppr")
     parser.add_argument("--mode", choices=("dense", "patchwise"), default="dense",
                         help="dense: exact fully convolutional evaluation (fast); patchwise: one patch per voxel")
     parser.add_argument("--tile", type=at_least(1, "--tile"), default=64,
@@ -52,12 +54,13 @@ def register_command(commands) -> None:
                               description="Patch position regression (Bieder et al., MIDL 2022).")
     verbs = ppr.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    from brainkernels.ppr.train import PPRConfig, train
+    from brainkernels.ppr.train import METHOD, RUN_FILES, PPRConfig, train
 
     add_train_verb(verbs, PPRConfig, train, help="train on the healthy scans of a CQ500-style cohort",
                    description="Train PPR (or --model ae, the autoencoder baseline) on healthy scans.",
                    data_help="CQ500-style folder (reads.csv, scans/)",
                    summary=lambda settings, run: f"trained {settings.model} (m={settings.network_size}); run folder: {run}")
+    add_export_verb(verbs, method=METHOD, method_files=RUN_FILES)
 
     detect = verbs.add_parser("detect", help="anomaly maps (NIfTI + PNG) for scans",
                               description="Write an anomaly map per scan, with the scan's geometry, and a PNG.")

@@ -28,8 +28,8 @@ from brainkernels.ppr import healthy_reference, reference_grid  # noqa: E402
 from brainkernels.ppr.data import PreparedScan, prepare  # noqa: E402
 from brainkernels.ppr.healthy_reference import error_maps  # noqa: E402
 from brainkernels.ppr.infer import Precision  # noqa: E402
-from brainkernels.ppr.train import healthy_split, load_trained  # noqa: E402
-from brainkernels.runtime import RunFolder, setup, teardown  # noqa: E402
+from brainkernels.ppr.train import PPRConfig, healthy_split, load_trained  # noqa: E402
+from brainkernels.runtime import RunFolder, setup, shipped, teardown  # noqa: E402
 from brainkernels.runtime.inference import run_cohort  # noqa: E402
 from brainkernels.runtime.trainer import DEFAULT_WORKERS  # noqa: E402
 
@@ -89,6 +89,7 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
     voxel masks ``<name>.nii.gz`` (0 none, 1 haemorrhage, 2 fracture) whose findings the figures cut
     through and outline; ``workers`` processes load the next scans meanwhile."""
     out = check_output_folder(out, None, overwrite)
+    run_dir = shipped.resolve(run_dir, PPRConfig)
     files = input_files(Path(inputs))
     if masks is not None and not Path(masks).is_dir():
         raise BrainkernelsError(f"--masks {masks}: no such folder")
@@ -175,6 +176,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
     """Score the held-out scans of the cohort at ``data`` per structure; writes ``scores.csv``,
     ``auroc.csv`` and ``roc.png`` to ``out`` (default ``RUN/evaluation``) and returns the AUROCs,
     per score (``VS_HEALTHY`` when the run has a healthy reference, and ``MAX_ERROR``) and structure."""
+    out, run_dir = shipped.evaluation_folder(run_dir, out), shipped.resolve(run_dir, PPRConfig)
     distributed = setup(device)
     try:
         model, settings = load_trained(run_dir, distributed.device)
@@ -197,7 +199,6 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
         scores = ([VS_HEALTHY] if reference is not None else []) + [MAX_ERROR]
         aurocs: dict[str, dict[str, float]] = {score: {} for score in scores}
         if distributed.is_main:
-            out = Path(out) if out is not None else RunFolder(run_dir).root / "evaluation"
             rows, curves = [], {}
             for record, structure_scores in results:
                 row = {"name": record.name}

@@ -33,6 +33,7 @@ TEST_FRACTION = 0.2  # of the healthy scans, held out with all anomalous scans (
 @dataclass(frozen=True)
 class PPRConfig(TrainerConfig):
     PRESETS: ClassVar[Path] = Path(__file__).with_name("presets")  # --config paper, small
+    MODELS: ClassVar[Path] = Path(__file__).with_name("models")  # --model builtin:NAME
     model: Literal["ppr", "ae"] = field(default="ppr", metadata={"help": "ppr, or the autoencoder baseline ae"})
     # Named m in the paper and until 0.1.0 here; torchrun cannot pass an option named --m (it takes
     # it for an abbreviation of its own --master-addr, --max-restarts, --module, ...).

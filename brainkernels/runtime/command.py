@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from brainkernels.runtime import config
+from brainkernels.runtime import config, shipped
 from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
 
@@ -51,3 +51,27 @@ def add_workers_option(parser: argparse.ArgumentParser) -> None:
     """``--workers N`` of a cohort-inference verb."""
     parser.add_argument("--workers", type=_worker_count, default=DEFAULT_WORKERS, metavar="N",
                         help=f"processes that load the next volumes during inference (default {DEFAULT_WORKERS})")
+
+
+def add_model_option(parser: argparse.ArgumentParser, config_class: type, method: str) -> None:
+    """``--model RUN|builtin:NAME`` of an inference verb."""
+    names = ", ".join(shipped.PREFIX + name for name in shipped.shipped_models(config_class)) or "none in this version"
+    parser.add_argument("--model", required=True, metavar="RUN",
+                        help=f"run folder written by `{method} train` or `{method} export`, or a model shipped "
+                             f"with brainkernels ({names}; trained on synthetic data, not for clinical use)")
+
+
+def add_export_verb(verbs, *, method: str, method_files: tuple[str, ...]) -> None:
+    """``export``: a run folder reduced to what inference reads, to share or ship."""
+    parser = verbs.add_parser("export", help="a run's model without its optimiser state, to share",
+                              description="Copy a run folder's configuration, its latest weights (no optimiser "
+                                          "state) and the files inference reads into a new folder, usable as "
+                                          "--model.")
+    parser.add_argument("--model", required=True, metavar="RUN", help=f"run folder written by `{method} train`")
+    parser.add_argument("--out", required=True, help="new folder")
+
+    def run(arguments: argparse.Namespace) -> int:
+        print(f"exported to {shipped.export(arguments.model, arguments.out, method=method, method_files=method_files)}")
+        return 0
+
+    parser.set_defaults(run=run)

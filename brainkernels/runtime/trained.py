@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from brainkernels.errors import BrainkernelsError
-from brainkernels.runtime import checkpoint, config
+from brainkernels.runtime import checkpoint, config, shipped
 from brainkernels.runtime.run_folder import RunFolder
 
 
@@ -23,9 +23,10 @@ class TrainedRun:
 
 def load_trained_run(run_dir: str | os.PathLike, config_class: type, *, method: str,
                      architecture_keys: tuple[str, ...], label: str) -> TrainedRun:
-    """The run folder at ``run_dir``, its ``config_class`` settings and its latest checkpoint's
-    model weights; ``label`` names the method in errors ("a PPR run")."""
-    run = RunFolder(run_dir)
+    """The run folder at ``run_dir`` (or the shipped model ``builtin:NAME``), its ``config_class``
+    settings and its latest checkpoint's model weights; ``label`` names the method in errors ("a
+    PPR run")."""
+    run = RunFolder(shipped.resolve(run_dir, config_class))
     if not run.config.is_file():
         raise BrainkernelsError(f"{run.root}: not a run folder (no config.toml)")
     try:
