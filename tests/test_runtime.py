@@ -13,6 +13,7 @@ import torch
 from brainkernels.errors import BrainkernelsError
 from brainkernels.runtime import Distributed, RunFolder, checkpoint
 from brainkernels.runtime.inference import run_cohort
+from brainkernels.runtime.loss_curve import loss_series
 
 TOY = Path(__file__).with_name("toy_training.py")
 STEPS = ["--steps", "12", "--batch-size", "8", "--checkpoint-every", "4", "--log-every", "2", "--device", "cpu"]
@@ -53,6 +54,9 @@ def test_same_seed_same_weights_and_run_folder(tmp_path):
     assert sorted(path.name for path in run.checkpoints.iterdir()) == ["step-00000008.pt", "step-00000012.pt"]
     state = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(run.checkpoints), method="toy")
     assert state["step"] == 12 and state["config"]["batch_size"] == 8
+    # The loss curve is drawn from exactly the logged rows.
+    assert loss_series(run) == ([2, 4, 6, 8, 10, 12], [row["loss"] for row in rows if "loss" in row])
+    assert (run.figures / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_gradient_accumulation_gives_the_same_training(tmp_path):

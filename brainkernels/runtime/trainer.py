@@ -39,6 +39,7 @@ from brainkernels.runtime.config import renamed_keys
 from brainkernels.runtime.distributed import Distributed
 from brainkernels.runtime.progress import progress
 from brainkernels.runtime.run_folder import RunFolder
+from brainkernels.runtime.loss_curve import write_loss_curve
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -280,6 +281,8 @@ class Trainer:
         finally:
             batches.close()  # stops the loader's workers
             bar.close()
+        if distributed.is_main and self.run is not None:
+            write_loss_curve(self.run, self.method)
         return model
 
     def _log(self, step: int, loss: float, optimizer, throughput: float, bar) -> None:
