@@ -19,8 +19,9 @@ from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import SampledVoxels, preparation_request, prepare_input
-from brainkernels.inr.evaluate import ablation, evaluate, summarise
+from brainkernels.inr.evaluate import COPY, ablation, evaluate, load_pair, summarise, test_pairs
 from brainkernels.inr.predict import atlas, predict
+from brainkernels.metrics.image import psnr
 from brainkernels.inr.train import INRConfig, load_trained, model_grid, split_test_subjects, train
 from brainkernels.ops.coordinate_mlp import grid_coordinates
 
@@ -115,8 +116,14 @@ def test_python_api_3d(cohort, run_3d, tmp_path):
     # SSL: one latent per training subject, whole subjects held out for testing, plus the global one.
     training_subjects = set(trained.keys)
     assert trained.model.latents.num_embeddings == len(training_subjects) + 1
-    summary = evaluate(run, cohort, tmp_path / "evaluation", fit_steps=2, fit_voxels=64, quiet=True)
+    results = evaluate(run, cohort, tmp_path / "evaluation", fit_steps=2, fit_voxels=64, quiet=True)
+    summary = results["model"]
     assert -1 <= summary["ssim"] <= 1 and summary["psnr"] > 0 and 0 <= summary["mae"] <= 1
+    # The copy-input baseline scores each pair's first scan as the prediction of its last.
+    pairs = test_pairs(cohort, settings.split_seed)
+    copies = [psnr(first.image, last.image) for _, _, first, last in (load_pair(pair, trained.grid) for pair in pairs)]
+    assert results[COPY]["psnr"] == pytest.approx(np.mean(copies), rel=1e-6)
+    assert results[COPY]["psnr"] != pytest.approx(summary["psnr"], rel=1e-3)
     scan = first_scan(cohort)
     written = predict(run, scan, 30.0, [40.0], tmp_path / "out.nii.gz", fit_steps=2, quiet=True)
     image = nib.load(written[-1])
@@ -127,13 +134,13 @@ def test_python_api_3d(cohort, run_3d, tmp_path):
 
 def test_ablation_trains_and_tables_the_four_variants(cohort, tmp_path):
     results = ablation(cohort, tmp_path, INRConfig(dims=2, steps=1, sgla=0.5, **TINY), fit_steps=1, quiet=True)
-    assert list(results) == ["none", "sgla", "ssl", "both"]
+    assert list(results) == ["none", "sgla", "ssl", "both", COPY]
     assert load_trained(tmp_path / "sgla").settings.sgla == 0.5 and not load_trained(tmp_path / "sgla").settings.ssl
     assert load_trained(tmp_path / "ssl").settings.sgla == 0.0
     # Without SSL the table holds a latent per scan, with SSL one per subject.
     assert len(load_trained(tmp_path / "none").keys) > len(load_trained(tmp_path / "both").keys)
     table = (tmp_path / "ablation.csv").read_text().splitlines()
-    assert table[0].startswith("variant,ssl,sgla,psnr") and len(table) == 5
+    assert table[0].startswith("variant,ssl,sgla,psnr") and len(table) == 6 and table[-1].startswith(f"{COPY},,,")
     assert (tmp_path / "head_circumference.png").is_file()
     training = split_test_subjects(read_dhcp(cohort), 0)[0]
     assert len(list((tmp_path / "cache").iterdir())) == len(training)  # prepared once for the four variants

@@ -6,6 +6,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
@@ -152,6 +153,12 @@ def test_command_line_train_segment_evaluate(cohort, tmp_path):
     assert evaluated.stdout.count("±") == 8  # 2 steps x 2 sizes, Dice and HD95
     for output in ("scores.csv", "summary.csv", "dice_vs_ensemble.png"):
         assert (run / "evaluation" / output).is_file()
+    everyone = brainkernels("patchddm", "evaluate", "--model", str(run), "--data", str(cohort), "--steps", "1",
+                            "--ensemble", "1", "--subjects", "all", "--out", str(tmp_path / "all"), "--quiet",
+                            cwd=tmp_path)
+    assert everyone.returncode == 0, everyone.stderr
+    subjects = {p.name for p in cohort.iterdir() if p.is_dir()}
+    assert set(pd.read_csv(tmp_path / "all" / "scores.csv")["subject"]) == subjects
 
 
 @pytest.mark.parametrize("mode", ["full", "half"])

@@ -77,6 +77,11 @@ def test_command_line_train_detect_evaluate(cohort, tmp_path):
     table = pd.read_csv(run / "evaluation" / "auroc.csv")
     assert sorted(set(table["score"])) == [MAX_ERROR, VS_HEALTHY] and len(table) == 6
     assert {"left_bleed_max_error", "left_bleed_vs_healthy"} <= set(pd.read_csv(run / "evaluation" / "scores.csv"))
+    held_out = len(pd.read_csv(run / "evaluation" / "scores.csv"))
+    everyone = brainkernels("ppr", "evaluate", "--model", str(run), "--data", str(cohort), "--subjects", "all",
+                            "--out", str(tmp_path / "all"), "--quiet", cwd=tmp_path)
+    assert everyone.returncode == 0, everyone.stderr
+    assert held_out < len(pd.read_csv(tmp_path / "all" / "scores.csv")) == len(list((cohort / "scans").iterdir()))
 
 
 def test_anomaly_figures_cut_through_and_outline_the_true_finding(cohort, monkeypatch):

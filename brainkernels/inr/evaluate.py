@@ -24,7 +24,7 @@ from brainkernels.inr.train import PAIRS_FILE, INRConfig, TrainedINR, load_train
 from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
 from brainkernels.metrics.undefined import Undefined
 from brainkernels.runtime import setup, shipped, teardown
-from brainkernels.runtime.inference import run_cohort
+from brainkernels.runtime.inference import evaluated, run_cohort
 from brainkernels.runtime.prepared import CACHE_FOLDER
 from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
@@ -32,6 +32,7 @@ HEAD_THRESHOLD = 0.2
 """Normalised intensity above which a voxel is head (scalp and brain; background noise and the
 dark skull lie below), for the HC of predicted and true scans alike."""
 SUMMARY_KEYS = ("psnr", "ssim", "mae", "hc_sigma_cm", "hc_r")
+COPY = "copy input"  # the baseline's row in the tables
 ABLATION = {"none": (False, False), "sgla": (False, True), "ssl": (True, False), "both": (True, True)}
 """Variant name: (SSL, SGLA)."""
 
@@ -42,13 +43,15 @@ def _head_circumference(image, grid) -> float:
     return head_circumference_cm(head, grid.spacing)
 
 
-def test_pairs(data: str | os.PathLike, split_seed: int) -> list[tuple]:
-    """(first, last) sessions of each held-out subject."""
+def test_pairs(data: str | os.PathLike, split_seed: int, subjects: str = "held-out") -> list[tuple]:
+    """(first, last) sessions of each held-out subject (``subjects="all"``: of every subject with two
+    sessions)."""
     scans = read_dhcp(data)
-    _, test = split_test_subjects(scans, split_seed)
+    sessions = scans_by_subject(scans)
+    test = evaluated(sorted(subject for subject, visits in sessions.items() if len(visits) > 1),
+                     split_test_subjects(scans, split_seed)[1], subjects)
     if not test:
         raise BrainkernelsError(f"{data}: no subject has two sessions, so there is nothing to predict and compare")
-    sessions = scans_by_subject(scans)
     return [(sessions[subject][0], sessions[subject][-1]) for subject in test]
 
 
@@ -69,7 +72,16 @@ def predict_pair(trained: TrainedINR, first: DHCPScan, last: DHCPScan, source: M
         "psnr": psnr(predicted, target), "ssim": ssim(predicted, target), "mae": mae(predicted, target),
         "hc_true_cm": _head_circumference(target, trained.grid),
         "hc_predicted_cm": _head_circumference(predicted, trained.grid),
+        # The baseline a prediction must beat: the input scan itself, as if the baby had not grown.
+        "psnr_copy": psnr(source.image, target), "ssim_copy": ssim(source.image, target),
+        "mae_copy": mae(source.image, target), "hc_input_cm": _head_circumference(source.image, trained.grid),
     }  # fmt: skip
+
+
+def copy_input(rows: list[dict]) -> list[dict]:
+    """The pairs' rows as the copy-input baseline scores them (the input scan as the prediction)."""
+    return [{**row, "psnr": row["psnr_copy"], "ssim": row["ssim_copy"], "mae": row["mae_copy"],
+             "hc_predicted_cm": row["hc_input_cm"]} for row in rows]
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:
@@ -91,12 +103,12 @@ def summarise(rows: list[dict]) -> dict[str, float]:
 
 
 def _pair_rows(run_dir, data, *, fit_steps: int | None, fit_voxels: int | None, device: str, workers: int,
-               quiet: bool) -> list[dict]:
+               quiet: bool, subjects: str = "held-out") -> list[dict]:
     distributed = setup(device)
     try:
         trained = load_trained(run_dir, distributed.device)
         steps = fit_steps or FIT_STEPS[trained.settings.dims]
-        return run_cohort(test_pairs(data, trained.settings.split_seed),
+        return run_cohort(test_pairs(data, trained.settings.split_seed, subjects),
                           lambda loaded: predict_pair(trained, *loaded, fit_steps=steps, fit_voxels=fit_voxels),
                           distributed, description="inr evaluation", load=lambda pair: load_pair(pair, trained.grid),
                           workers=workers, quiet=quiet, advice="Pass --fit-voxels to fit on sampled voxels.")
@@ -106,19 +118,22 @@ def _pair_rows(run_dir, data, *, fit_steps: int | None, fit_voxels: int | None, 
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              fit_steps: int | None = None, fit_voxels: int | None = None, device: str = "auto",
-             workers: int = DEFAULT_WORKERS, quiet: bool = False) -> dict[str, float]:
-    """Evaluate a run on the held-out pairs of ``data``; writes ``pairs.csv``, ``summary.csv`` and
+             workers: int = DEFAULT_WORKERS, quiet: bool = False,
+             subjects: str = "held-out") -> dict[str, dict[str, float]]:
+    """Evaluate a run on the held-out pairs of ``data`` (``subjects="all"``: the pairs of every
+    subject scanned twice, for a cohort the model never saw); writes ``pairs.csv``, ``summary.csv`` and
     ``head_circumference.png`` to ``out`` (default RUN/evaluation) and returns the summary.
-    ``workers`` processes load the next pairs meanwhile."""
+    ``workers`` processes load the next pairs meanwhile. The summary has two rows, ``model`` and
+    the copy-input baseline (``COPY``)."""
     out = shipped.evaluation_folder(run_dir, out)
     rows = _pair_rows(run_dir, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=device, workers=workers,
-                      quiet=quiet)
+                      quiet=quiet, subjects=subjects)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(rows)
+    results = {"model": summarise(rows), COPY: summarise(copy_input(rows))}
     write_csv(out / "pairs.csv", rows)
-    write_csv(out / "summary.csv", [summary])
+    write_csv(out / "summary.csv", [{"variant": name, **summary} for name, summary in results.items()])
     head_circumference_plot({"INR": rows}, out / "head_circumference.png")
-    return summary
+    return results
 
 
 def ablation(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, *, fit_steps: int | None = None,
@@ -138,7 +153,9 @@ def ablation(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfi
                                 workers=settings.workers, quiet=quiet)
         write_csv(run / PAIRS_FILE, rows[name])
         results[name] = summarise(rows[name])
-    write_csv(out / "ablation.csv", [{"variant": name, "ssl": ABLATION[name][0], "sgla": ABLATION[name][1], **summary}
+    results[COPY] = summarise(copy_input(next(iter(rows.values()))))  # the same pairs for every variant
+    write_csv(out / "ablation.csv", [{"variant": name, "ssl": ABLATION.get(name, ("", ""))[0],
+                                      "sgla": ABLATION.get(name, ("", ""))[1], **summary}
                                      for name, summary in results.items()])
     head_circumference_plot({f"SSL {'on' if ABLATION[name][0] else 'off'}, SGLA {'on' if ABLATION[name][1] else 'off'}":
                              variant_rows for name, variant_rows in rows.items()}, out / "head_circumference.png")

@@ -26,7 +26,7 @@ from brainkernels.patchddm.data import PreparedSubject, prepare_subject  # noqa:
 from brainkernels.patchddm.infer import Segmentation, sample_members  # noqa: E402
 from brainkernels.patchddm.train import load_trained, split_subjects  # noqa: E402
 from brainkernels.runtime import setup, shipped, teardown  # noqa: E402
-from brainkernels.runtime.inference import run_cohort  # noqa: E402
+from brainkernels.runtime.inference import evaluated, run_cohort  # noqa: E402
 from brainkernels.runtime.trainer import DEFAULT_WORKERS  # noqa: E402
 from brainkernels.runtime.progress import progress  # noqa: E402
 
@@ -153,8 +153,10 @@ def _plot(summary: list[dict], title: str) -> plt.Figure:
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              steps: list[int] = (20,), ensemble: list[int] = (1, 3, 5), seed: int = 0, precision: str = "fp32",
-             device: str = "auto", workers: int = DEFAULT_WORKERS, quiet: bool = False) -> list[dict]:
-    """Dice and HD95 on the run's test subjects of the cohort at ``data``, for every number of
+             device: str = "auto", workers: int = DEFAULT_WORKERS, quiet: bool = False,
+             subjects: str = "held-out") -> list[dict]:
+    """Dice and HD95 on the run's test subjects of the cohort at ``data`` (``subjects="all"``: on
+    every subject, for a cohort the model never saw), for every number of
     sampling steps and ensemble size; writes ``scores.csv`` (per subject), ``summary.csv``,
     ``dice_vs_ensemble.png`` and the figures of each subject to ``out`` (default RUN/evaluation).
     Returns the summary rows (mean and std over subjects)."""
@@ -164,7 +166,8 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
     distributed = setup(device)
     try:
         model, settings = _load_for_sampling(run_dir, distributed.device, precision)
-        _, _, test = split_subjects(read_brats(data), settings.split_seed)
+        cohort = read_brats(data)
+        test = evaluated(cohort, split_subjects(cohort, settings.split_seed)[2], subjects)
         if not test:
             raise BrainkernelsError(f"{data}: the cohort is too small to have test subjects")
         sizes = sorted(set(ensemble))

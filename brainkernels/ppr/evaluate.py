@@ -30,7 +30,7 @@ from brainkernels.ppr.healthy_reference import error_maps  # noqa: E402
 from brainkernels.ppr.infer import Precision  # noqa: E402
 from brainkernels.ppr.train import PPRConfig, healthy_split, load_trained  # noqa: E402
 from brainkernels.runtime import RunFolder, setup, shipped, teardown  # noqa: E402
-from brainkernels.runtime.inference import run_cohort  # noqa: E402
+from brainkernels.runtime.inference import evaluated, run_cohort  # noqa: E402
 from brainkernels.runtime.trainer import DEFAULT_WORKERS  # noqa: E402
 
 MAX_ERROR = "maximum error (paper)"
@@ -172,8 +172,9 @@ def _score_column(label: str, score: str) -> str:
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
              workers: int = DEFAULT_WORKERS, quiet: bool = False,
-             precision: Precision = "float32") -> dict[str, dict[str, float]]:
-    """Score the held-out scans of the cohort at ``data`` per structure; writes ``scores.csv``,
+             precision: Precision = "float32", subjects: str = "held-out") -> dict[str, dict[str, float]]:
+    """Score the held-out scans of the cohort at ``data`` (``subjects="all"``: every scan, for a
+    cohort the model never saw) per structure; writes ``scores.csv``,
     ``auroc.csv`` and ``roc.png`` to ``out`` (default ``RUN/evaluation``) and returns the AUROCs,
     per score (``VS_HEALTHY`` when the run has a healthy reference, and ``MAX_ERROR``) and structure."""
     out, run_dir = shipped.evaluation_folder(run_dir, out), shipped.resolve(run_dir, PPRConfig)
@@ -185,7 +186,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
         if cohort.structures_path is None:
             raise BrainkernelsError(f"{cohort.root}: evaluation needs structures.nii.gz (hemispheres and skull)")
         structures = load_cq500_structures(cohort).data[0].long()
-        _, held_out = healthy_split(cohort.scans, settings.split_seed)
+        held_out = evaluated(cohort.scans, healthy_split(cohort.scans, settings.split_seed)[1], subjects)
 
         def one(loaded: tuple[CQ500Scan, PreparedScan]):
             record, scan = loaded

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from brainkernels.runtime import config, shipped
+from brainkernels.runtime.inference import EVALUATED_SUBJECTS
 from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
 
@@ -51,6 +52,14 @@ def add_workers_option(parser: argparse.ArgumentParser) -> None:
     """``--workers N`` of a cohort-inference verb."""
     parser.add_argument("--workers", type=_worker_count, default=DEFAULT_WORKERS, metavar="N",
                         help=f"processes that load the next volumes during inference (default {DEFAULT_WORKERS})")
+
+
+def add_subjects_option(parser: argparse.ArgumentParser) -> None:
+    """``--subjects held-out|all`` of an ``evaluate`` verb."""
+    parser.add_argument("--subjects", choices=EVALUATED_SUBJECTS, default="held-out",
+                        help="held-out: those the run's split kept out of training (--data is the training cohort); "
+                             "all: every one (a cohort the model never saw, e.g. a shipped model on a new "
+                             "synthetic cohort)")
 
 
 def add_model_option(parser: argparse.ArgumentParser, config_class: type, method: str) -> None:

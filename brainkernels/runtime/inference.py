@@ -18,6 +18,16 @@ from brainkernels.runtime.progress import progress
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
+EVALUATED_SUBJECTS = ("held-out", "all")
+"""What an ``evaluate`` scores of its cohort: the subjects the run's split kept out of training, or
+all of them (a cohort the model never saw)."""
+
+
+def evaluated(everyone: Sequence[Item], held_out: Sequence[Item], subjects: str) -> list[Item]:
+    if subjects not in EVALUATED_SUBJECTS:
+        raise BrainkernelsError(f"--subjects must be one of {', '.join(EVALUATED_SUBJECTS)}; got {subjects!r}")
+    return list(held_out if subjects == "held-out" else everyone)
+
 
 @dataclass(frozen=True)
 class _Failed:
