@@ -50,10 +50,9 @@ two). Paper network, block 32, float32: 34 KB forward and 378 KB backward per th
 it grows with the number of voxels; only the output and the gradient of explicit coordinates do.
 """
 
-# One job per module, imports pointing down this list: api (coordinate_mlp(): checks, packing) ->
-# checks; op (custom ops, fake, autograd, backend choice) -> cpu (C++ marshalling),
-# reference_backend (folded network below autograd), Triton (brainkernels.triton.coordinate_mlp)
-# -> reference (the plain-PyTorch network) -> spec (codes, packed size, Spec, geometry).
+# One job per module (docs/ops.md, "Source"). No import loops: each imports only modules after it
+# in the order api, checks, op, cpu, reference_backend, (brainkernels.triton.coordinate_mlp),
+# reference, spec.
 
 from brainkernels.ops.coordinate_mlp.api import coordinate_mlp
 from brainkernels.ops.coordinate_mlp.checks import MAX_BLOCK_SIZE
