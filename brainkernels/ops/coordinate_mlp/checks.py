@@ -52,7 +52,8 @@ def check_network(weights: object, biases: object, activation: object, omega: ob
                   residual: object, dims: int) -> Network:
     check_hyperparameters(activation, omega, scale, residual)
     for name, value in (("weights", weights), ("biases", biases)):
-        if isinstance(value, Tensor) or not isinstance(value, Sequence) or not all(isinstance(t, Tensor) for t in value):
+        if (isinstance(value, Tensor) or not isinstance(value, Sequence)
+                or not all(isinstance(t, Tensor) for t in value)):
             raise TypeError(f"{name} must be a sequence of tensors (one per linear map, in layer order)")
     maps = maps_per_layer(activation)
     if len(weights) != len(biases):
