@@ -1,6 +1,6 @@
 """Triton kernels for brainkernels::coordinate_mlp (contract and packed layout in
 brainkernels.ops.coordinate_mlp and csrc/include/brainkernels/coordinate_mlp.h; the activation
-codes, the :class:`Spec` and the voxel :class:`Geometry` in brainkernels.ops.coordinate_mlp.spec).
+codes, the :class:`Spec` and the voxel :class:`Geometry` in brainkernels.specs.coordinate_mlp).
 
 Forward: one program per block of BLOCK_M voxels; the block's activations (BLOCK_M x WP, WP the
 width padded to a power of two >= 16) stay in registers, each layer a ``tl.dot`` with the layer's
@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from brainkernels.ops.coordinate_mlp.spec import Spec, empty_grad_coords, geometry
+from brainkernels.specs.coordinate_mlp import Spec, empty_grad_coords, geometry
 
 MIN_BLOCK, MAX_BLOCK = 16, 128
 # One software-pipelining stage: each stage holds a copy of a layer's weight tile and activation

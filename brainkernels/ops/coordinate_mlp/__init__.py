@@ -60,7 +60,7 @@ from brainkernels.ops.coordinate_mlp.cpu import CPU_BLOCK_SIZE
 from brainkernels.ops.coordinate_mlp.op import num_partials
 from brainkernels.ops.coordinate_mlp.reference import coordinate_mlp_reference
 from brainkernels.ops.coordinate_mlp.reference_backend import REFERENCE_BLOCK_SIZE
-from brainkernels.ops.coordinate_mlp.spec import (
+from brainkernels.specs.coordinate_mlp import (
     ACTIVATIONS,
     DTYPES,
     compute_dtype,

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from brainkernels.ops.coordinate_mlp.checks import check_block_size, check_inputs, check_network, check_voxels
 from brainkernels.ops.coordinate_mlp.op import coordinate_mlp_op
-from brainkernels.ops.coordinate_mlp.spec import compute_dtype, maps_per_layer
+from brainkernels.specs.coordinate_mlp import compute_dtype, maps_per_layer
 
 
 def _pack(age: Tensor | float, latent: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], dims: int,

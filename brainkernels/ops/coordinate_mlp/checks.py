@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from brainkernels.ops.coordinate_mlp.spec import ACTIVATIONS, DTYPES, maps_per_layer
+from brainkernels.specs.coordinate_mlp import ACTIVATIONS, DTYPES, maps_per_layer
 
 MAX_BLOCK_SIZE = 1 << 16
 

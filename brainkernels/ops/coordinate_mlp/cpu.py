@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from brainkernels import _extension
-from brainkernels.ops.coordinate_mlp.spec import Spec, empty_grad_coords, geometry
+from brainkernels.specs.coordinate_mlp import Spec, empty_grad_coords, geometry
 
 CPU_BLOCK_SIZE = 32  # voxels a C++ thread evaluates together (backward scratch ~0.4 MB at width 128)
 # The kernels' element types of the per-voxel tensors (CoordinateMlpIo in coordinate_mlp.h).

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from brainkernels import backends
 from brainkernels.ops.coordinate_mlp import cpu, reference_backend
-from brainkernels.ops.coordinate_mlp.spec import Spec, compute_dtype, packed_size
+from brainkernels.specs.coordinate_mlp import Spec, compute_dtype, packed_size
 
 
 def _check_op_arguments(packed: Tensor, coords: Tensor | None, spec: Spec, grad_out: Tensor | None = None) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from brainkernels.ops.coordinate_mlp.spec import grid_coordinates, maps_per_layer
+from brainkernels.specs.coordinate_mlp import grid_coordinates, maps_per_layer
 
 
 def activate(name: str, pre: Sequence[Tensor], omega: float, scale: float) -> Tensor:

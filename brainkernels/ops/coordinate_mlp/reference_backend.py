@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from brainkernels.ops.coordinate_mlp.reference import activate, activation_derivatives
-from brainkernels.ops.coordinate_mlp.spec import Spec, empty_grad_coords, grid_coordinates_between
+from brainkernels.specs.coordinate_mlp import Spec, empty_grad_coords, grid_coordinates_between
 
 REFERENCE_BLOCK_SIZE = 16384  # voxels per micro-batch
 

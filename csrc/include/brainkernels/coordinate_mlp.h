@@ -1,5 +1,5 @@
 // Plain-data bridge between the bindings and the C++ kernels of brainkernels::coordinate_mlp,
-// the fused per-voxel MLP of the neonatal INR (see brainkernels/ops/coordinate_mlp.py).
+// the fused per-voxel MLP of the neonatal INR (see brainkernels/ops/coordinate_mlp/).
 #pragma once
 #include <cstdint>
 
