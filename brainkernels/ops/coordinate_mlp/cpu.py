@@ -1,5 +1,5 @@
 """The ``cpu`` backend of brainkernels::coordinate_mlp: marshalling for the C++/OpenMP kernels
-(csrc/cpu/coordinate_mlp.cpp), which take raw pointers and plain-data tuples; every buffer,
+(csrc/coordinate_mlp/), which take raw pointers and plain-data tuples; every buffer,
 the threads' scratch included, is allocated here with torch."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 // C++/OpenMP kernels of brainkernels::coordinate_mlp: the neonatal INR's per-voxel MLP evaluated
 // block by block, activations kept in a thread's small scratch (never in memory the size of the
-// volume). Layout and contracts: brainkernels/coordinate_mlp.h.
+// volume). Layout and contracts: coordinate_mlp.h.
 //
 // Inside a block, activations are stored unit-major (units x voxels, voxels contiguous), so
 // every layer is a small matrix product whose inner loop broadcasts a weight and streams
@@ -8,7 +8,7 @@
 // product is activated while it sits in registers (WIRE's freqs and scale rows of the same
 // units share a tile), so pre-activations never make a pass through memory. The code is
 // written with GCC vector extensions and compiled three times, for AVX-512, AVX2+FMA (each with
-// an intrinsics micro-kernel) and the baseline ISA; brainkernels/cpu_isa.h chooses at run time,
+// an intrinsics micro-kernel) and the baseline ISA; common/cpu_isa.h chooses at run time,
 // so the wheel needs no -march flag. At the paper's width the AVX2 product runs near the FMA
 // peak (about twice the rate PyTorch's MKL GEMM reaches on the same AMD core); AVX-512 doubles
 // the lanes on a core with 512-bit FMA units (Zen 5, Intel server cores).
@@ -27,8 +27,8 @@
 #include <stdexcept>
 #include <type_traits>
 
-#include "brainkernels/coordinate_mlp.h"
-#include "brainkernels/cpu_isa.h"
+#include "coordinate_mlp/coordinate_mlp.h"
+#include "common/cpu_isa.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 // 32-byte vectors only ever live inside always-inlined code of the AVX2 instantiation.

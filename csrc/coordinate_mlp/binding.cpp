@@ -2,7 +2,7 @@
 // (dims, width, depth, activation, omega, scale, residual) and the voxels as
 // (shape, coords, coords_strides, grid_offset, grid_divisor, io, block); the backward takes
 // weight_grads beside them; see
-// brainkernels/coordinate_mlp.h for their meaning.
+// coordinate_mlp.h for their meaning.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -10,8 +10,8 @@
 #include <cstdint>
 #include <tuple>
 
-#include "brainkernels/bindings.h"
-#include "brainkernels/coordinate_mlp.h"
+#include "common/bindings.h"
+#include "coordinate_mlp/coordinate_mlp.h"
 
 namespace py = pybind11;
 using brainkernels::CoordinateMlpArgs;

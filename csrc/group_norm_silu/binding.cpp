@@ -6,8 +6,8 @@
 #include <array>
 #include <stdexcept>
 
-#include "brainkernels/bindings.h"
-#include "brainkernels/group_norm_silu.h"
+#include "common/bindings.h"
+#include "group_norm_silu/group_norm_silu.h"
 
 namespace py = pybind11;
 using brainkernels::GroupNormSiluArgs;
