@@ -1,7 +1,8 @@
 // brainkernels::group_norm_silu on the CPU: the kernels of cpu_kernels.inc compiled for AVX-512,
 // AVX2+FMA and the baseline ISA, and the entry points of group_norm_silu.h that run the set
-// common/cpu_isa.h chooses. (Per-set target pragmas instead of per-file -m flags: a file compiled with -mavx512f could give the
-// linker AVX-512 copies of inline library functions that the baseline code then calls.)
+// common/cpu_isa.h chooses. (Per-set target pragmas instead of per-file -m flags: a file compiled
+// with -mavx512f could give the linker AVX-512 copies of inline library functions that the
+// baseline code then calls.)
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include <type_traits>
 
 #include "common/cpu_isa.h"
+#include "common/cpu_simd.h"
 #include "group_norm_silu/group_norm_silu.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
