@@ -36,7 +36,7 @@ CoordinateMlpArgs make_args(const Network& network, uintptr_t packed, const Voxe
   a.coords = reinterpret_cast<const void*>(coords);
   a.coords_stride[0] = coords_stride[0];
   a.coords_stride[1] = coords_stride[1];
-  a.io = io;
+  a.io = brainkernels::dtype_arg(io, "coordinate_mlp");
   a.block = block;
   return a;
 }

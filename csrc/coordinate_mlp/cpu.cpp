@@ -168,7 +168,9 @@ void check_args(const CoordinateMlpArgs& a) {
   if (a.num_voxels != a.shape[0] * a.shape[1] * a.shape[2]) {
     throw std::invalid_argument("coordinate_mlp: num_voxels does not match shape");
   }
-  if (a.io < kIoFloat32 || a.io > kIoFloat64) throw std::invalid_argument("coordinate_mlp: bad io dtype");
+  if (a.io != Dtype::kFloat32 && a.io != Dtype::kBFloat16 && a.io != Dtype::kFloat64) {
+    throw std::invalid_argument("coordinate_mlp: the io dtype must be float32, bfloat16 or float64");
+  }
 }
 
 }  // namespace
@@ -186,13 +188,13 @@ void coordinate_mlp_forward(const CoordinateMlpArgs& args, void* out, void* scra
   mlp::check_args(args);
   if (args.num_voxels == 0) return;
   switch (args.io) {
-    case kIoFloat32:
+    case Dtype::kFloat32:
       mlp::forward_typed<float, float>(args, static_cast<float*>(out), static_cast<float*>(scratch), num_threads);
       break;
-    case kIoBfloat16:
+    case Dtype::kBFloat16:
       mlp::forward_typed<float, uint16_t>(args, static_cast<uint16_t*>(out), static_cast<float*>(scratch), num_threads);
       break;
-    default:
+    default:  // float64, the one other dtype check_args admits
       mlp::forward_typed<double, double>(args, static_cast<double*>(out), static_cast<double*>(scratch), num_threads);
   }
 }
@@ -203,18 +205,18 @@ void coordinate_mlp_backward(const CoordinateMlpArgs& args, const void* grad_out
   mlp::check_args(args);
   if (num_partials < 1) throw std::invalid_argument("coordinate_mlp: num_partials must be positive");
   switch (args.io) {
-    case kIoFloat32:
+    case Dtype::kFloat32:
       mlp::backward_typed<float, float>(args, static_cast<const float*>(grad_out), grad_strides,
                                    static_cast<float*>(grad_packed), static_cast<float*>(partials), num_partials,
                                    static_cast<float*>(grad_coords),
                                    static_cast<float*>(scratch));
       break;
-    case kIoBfloat16:
+    case Dtype::kBFloat16:
       mlp::backward_typed<float, uint16_t>(args, static_cast<const uint16_t*>(grad_out), grad_strides,
                                       static_cast<float*>(grad_packed), static_cast<float*>(partials), num_partials,
                                       static_cast<uint16_t*>(grad_coords), static_cast<float*>(scratch));
       break;
-    default:
+    default:  // float64
       mlp::backward_typed<double, double>(args, static_cast<const double*>(grad_out), grad_strides,
                                      static_cast<double*>(grad_packed), static_cast<double*>(partials),
                                      num_partials,

@@ -78,9 +78,9 @@ void backward_planes(const ExtractPatches3dArgs& a, const T* grad_patches, T* gr
 
 }  // namespace
 
-void extract_patches3d_forward(const ExtractPatches3dArgs& args, const void* volume, int element_size,
+void extract_patches3d_forward(const ExtractPatches3dArgs& args, const void* volume, Dtype dtype,
                                uint64_t padding_bits, void* patches, int num_threads) {
-  switch (element_size) {
+  switch (dtype_size(dtype)) {
     case 2:
       forward_rows(args, static_cast<const uint16_t*>(volume), static_cast<uint16_t>(padding_bits),
                    static_cast<uint16_t*>(patches), num_threads);
@@ -94,18 +94,23 @@ void extract_patches3d_forward(const ExtractPatches3dArgs& args, const void* vol
                    static_cast<uint64_t*>(patches), num_threads);
       break;
     default:
-      throw std::invalid_argument("extract_patches3d: element_size must be 2, 4 or 8");
+      throw std::invalid_argument("extract_patches3d: unknown volume dtype");
   }
 }
 
-void extract_patches3d_backward(const ExtractPatches3dArgs& args, const void* grad_patches, bool is_double,
+void extract_patches3d_backward(const ExtractPatches3dArgs& args, const void* grad_patches, Dtype dtype,
                                 void* grad_volume, int num_threads) {
-  if (is_double) {
-    backward_planes(args, static_cast<const double*>(grad_patches), static_cast<double*>(grad_volume),
-                    num_threads);
-  } else {
-    backward_planes(args, static_cast<const float*>(grad_patches), static_cast<float*>(grad_volume),
-                    num_threads);
+  switch (dtype) {
+    case Dtype::kFloat64:
+      backward_planes(args, static_cast<const double*>(grad_patches), static_cast<double*>(grad_volume),
+                      num_threads);
+      break;
+    case Dtype::kFloat32:
+      backward_planes(args, static_cast<const float*>(grad_patches), static_cast<float*>(grad_volume),
+                      num_threads);
+      break;
+    default:
+      throw std::invalid_argument("extract_patches3d: the backward takes float32 or float64 gradients");
   }
 }
 

@@ -74,13 +74,13 @@ const char* launch_status() {
 }  // namespace
 
 const char* extract_patches3d_forward(const ExtractPatches3dArgs& args, const void* volume,
-                                      int element_size, uint64_t padding_bits, void* patches,
+                                      Dtype dtype, uint64_t padding_bits, void* patches,
                                       uintptr_t stream) {
   const int64_t total = patch_elements(args);
   if (total == 0) return nullptr;
   auto* cuda_stream = reinterpret_cast<cudaStream_t>(stream);
   const int blocks = blocks_for(total);
-  switch (element_size) {
+  switch (dtype_size(dtype)) {
     case 2:
       forward_kernel<<<blocks, kThreads, 0, cuda_stream>>>(
           args, static_cast<const uint16_t*>(volume), static_cast<uint16_t>(padding_bits),
@@ -97,18 +97,21 @@ const char* extract_patches3d_forward(const ExtractPatches3dArgs& args, const vo
           static_cast<uint64_t*>(patches), total);
       break;
     default:
-      return "extract_patches3d: element_size must be 2, 4 or 8";
+      return "extract_patches3d: unknown volume dtype";
   }
   return launch_status();
 }
 
 const char* extract_patches3d_backward(const ExtractPatches3dArgs& args, const void* grad_patches,
-                                       bool is_double, void* grad_volume, uintptr_t stream) {
+                                       Dtype dtype, void* grad_volume, uintptr_t stream) {
+  if (dtype != Dtype::kFloat32 && dtype != Dtype::kFloat64) {
+    return "extract_patches3d: the backward takes float32 or float64 gradients";
+  }
   const int64_t total = patch_elements(args);
   if (total == 0) return nullptr;
   auto* cuda_stream = reinterpret_cast<cudaStream_t>(stream);
   const int blocks = blocks_for(total);
-  if (is_double) {
+  if (dtype == Dtype::kFloat64) {
     backward_kernel<<<blocks, kThreads, 0, cuda_stream>>>(
         args, static_cast<const double*>(grad_patches), static_cast<double*>(grad_volume), total);
   } else {
