@@ -21,11 +21,30 @@ inline int64_t backward_scratch(const CoordinateMlpArgs& a) {
   return (a.dims + (L - 1) * a.width + (L - 1) * units + maps + 2 * a.width + 2) * padded(a.block);
 }
 
+// Sums over the block's real voxels (the first `count` of a padded row).
 template <class T>
 BK_INLINE T sum_prefix(const T* row, int64_t count) {
   T sum = 0;
   for (int64_t i = 0; i < count; ++i) sum += row[i];
   return sum;
+}
+
+template <class T>
+BK_INLINE T dot_prefix(const T* a, const T* b, int64_t count) {
+  T sum = 0;
+  for (int64_t i = 0; i < count; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// dy (units x bp) holds activation derivatives; times the gradient of each unit's output, which
+// all maps of unit u % width share, it becomes the pre-activation gradient.
+template <class T>
+BK_INLINE void times_unit_gradient(T* dy, const T* grad, int64_t units, int64_t width, int64_t bp) {
+  for (int64_t u = 0; u < units; ++u) {
+    const T* gu = grad + (u % width) * bp;
+    T* row = dy + u * bp;
+    for (int64_t i = 0; i < bp; ++i) row[i] *= gu[i];
+  }
 }
 
 template <class T, class IO, int Bytes>
@@ -74,12 +93,7 @@ BK_INLINE void backward_block(const CoordinateMlpArgs& a, const Net<T>& n, const
   for (int64_t j = 0; j < n.maps; ++j) {
     T* dy = d_last + j * bp;
     for (int64_t i = 0; i < bp; ++i) dy[i] *= g_out[i];
-    for (int64_t k = 0; k < W && a.weight_grads; ++k) {
-      const T* hk = h_prev + k * bp;
-      T sum = 0;
-      for (int64_t i = 0; i < count; ++i) sum += dy[i] * hk[i];
-      last_w_grad[j * W + k] += sum;
-    }
+    for (int64_t k = 0; k < W && a.weight_grads; ++k) last_w_grad[j * W + k] += dot_prefix(dy, h_prev + k * bp, count);
     last_b_grad[j] += sum_prefix(dy, count);
   }
   for (int64_t k = 0; k < W; ++k) {
@@ -98,11 +112,7 @@ BK_INLINE void backward_block(const CoordinateMlpArgs& a, const Net<T>& n, const
       for (int64_t e = 0; e < W * bp; ++e) grad[e] *= T(0.5);
     }
     T* dy = d_at(l);
-    for (int64_t u = 0; u < U; ++u) {
-      const T* gu = grad + (u % W) * bp;
-      T* row = dy + u * bp;
-      for (int64_t i = 0; i < bp; ++i) row[i] *= gu[i];
-    }
+    times_unit_gradient(dy, grad, U, W, bp);
     T* w_grad = const_cast<T*>(g.hidden + (l - 1) * g.hidden_stride);
     T* b_grad = w_grad + U * W;
     if (a.weight_grads) {
@@ -120,21 +130,12 @@ BK_INLINE void backward_block(const CoordinateMlpArgs& a, const Net<T>& n, const
 
   // First layer (dims -> width): coordinate weights, folded bias and coordinates.
   T* dy = d_at(0);
-  for (int64_t u = 0; u < U; ++u) {
-    const T* gu = grad + (u % W) * bp;
-    T* row = dy + u * bp;
-    for (int64_t i = 0; i < bp; ++i) row[i] *= gu[i];
-  }
+  times_unit_gradient(dy, grad, U, W, bp);
   T* first_w_grad = const_cast<T*>(g.first_weight);
   T* first_b_grad = const_cast<T*>(g.first_bias);
   for (int64_t u = 0; u < U; ++u) {
     const T* row = dy + u * bp;
-    for (int64_t c = 0; c < d && a.weight_grads; ++c) {
-      const T* xc = x + c * bp;
-      T sum = 0;
-      for (int64_t i = 0; i < count; ++i) sum += row[i] * xc[i];
-      first_w_grad[u * d + c] += sum;
-    }
+    for (int64_t c = 0; c < d && a.weight_grads; ++c) first_w_grad[u * d + c] += dot_prefix(row, x + c * bp, count);
     first_b_grad[u] += sum_prefix(row, count);
   }
   if (grad_coords != nullptr) {
