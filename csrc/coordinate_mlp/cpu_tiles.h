@@ -1,5 +1,5 @@
 // Register-tiled matrix products of the coordinate MLP's CPU kernels: a generic micro-tile on
-// GCC vectors, intrinsics micro-tiles for float on AVX2 and AVX-512, and the products built on them.
+// GCC vectors, float micro-tiles with AVX2 and AVX-512 intrinsics, and the products built on them.
 #pragma once
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #include <immintrin.h>
@@ -65,88 +65,34 @@ BK_INLINE void micro_tile(int64_t K, const T* const* rows, int64_t a_cols, const
 }
 
 #if BK_HAVE_AVX2_PATH
-// The float AVX-512 tile: as the AVX2 one below, with 16 lanes.
-template <int MR>
-__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"), noinline)) void micro_tile_avx512(
-    int64_t K, const float* const* rows, int64_t a_cols, const float* B, int64_t b_rows, float* C, int64_t c_rows,
-    const float* bias, bool accumulate) {
-  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-  __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  const float *a0 = rows[0], *a1 = MR > 1 ? rows[1] : a0, *a2 = MR > 2 ? rows[2] : a0;
-  const float *a3 = MR > 3 ? rows[3] : a0, *a4 = MR > 4 ? rows[4] : a0, *a5 = MR > 5 ? rows[5] : a0;
-#define BK_INIT(r, lo, hi)                         \
-  if (MR > r) {                                    \
-    if (accumulate) {                              \
-      lo = _mm512_loadu_ps(C + r * c_rows);        \
-      hi = _mm512_loadu_ps(C + r * c_rows + 16);   \
-    } else if (bias != nullptr) {                  \
-      lo = hi = _mm512_set1_ps(bias[r]);           \
-    }                                              \
-  }
-#define BK_FMA(r, lo, hi)                                   \
-  if (MR > r) {                                             \
-    const __m512 ar = _mm512_set1_ps(a##r[k * a_cols]);     \
-    lo = _mm512_fmadd_ps(ar, b0, lo);                       \
-    hi = _mm512_fmadd_ps(ar, b1, hi);                       \
-  }
-#define BK_STORE(r, lo, hi)                    \
-  if (MR > r) {                                \
-    _mm512_storeu_ps(C + r * c_rows, lo);      \
-    _mm512_storeu_ps(C + r * c_rows + 16, hi); \
-  }
-  BK_TILE_ROWS(BK_INIT)
-  for (int64_t k = 0; k < K; ++k) {
-    const __m512 b0 = _mm512_loadu_ps(B + k * b_rows), b1 = _mm512_loadu_ps(B + k * b_rows + 16);
-    BK_TILE_ROWS(BK_FMA)
-  }
-  BK_TILE_ROWS(BK_STORE)
-#undef BK_STORE
-#undef BK_FMA
-#undef BK_INIT
-}
+// The float tiles with intrinsics (cpu_float_tile.inc), one per instruction set.
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+using Floats = __m256;
+constexpr int kLanes = 8;
+BK_INLINE Floats zeros() { return _mm256_setzero_ps(); }
+BK_INLINE Floats load(const float* p) { return _mm256_loadu_ps(p); }
+BK_INLINE Floats broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+BK_INLINE Floats fmadd(Floats a, Floats b, Floats c) { return _mm256_fmadd_ps(a, b, c); }
+BK_INLINE void store(float* p, Floats v) { _mm256_storeu_ps(p, v); }
+#include "coordinate_mlp/cpu_float_tile.inc"
+}  // namespace avx2
+#pragma GCC pop_options
 
-// The float AVX2 tile with intrinsics, so weights are broadcast straight from memory (a pure
-// load) instead of through a shuffle that competes with the FMAs. Not inlined: a call costs
-// nothing beside a tile's K * 12 FMAs, and it keeps AVX2 out of the generic code.
-template <int MR>
-__attribute__((target("avx2,fma"), noinline)) void micro_tile_avx2(int64_t K, const float* const* rows,
-                                                                  int64_t a_cols, const float* B, int64_t b_rows,
-                                                                  float* C, int64_t c_rows, const float* bias,
-                                                                  bool accumulate) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  const float *a0 = rows[0], *a1 = MR > 1 ? rows[1] : a0, *a2 = MR > 2 ? rows[2] : a0;
-  const float *a3 = MR > 3 ? rows[3] : a0, *a4 = MR > 4 ? rows[4] : a0, *a5 = MR > 5 ? rows[5] : a0;
-#define BK_INIT(r, lo, hi)                        \
-  if (MR > r) {                                   \
-    if (accumulate) {                             \
-      lo = _mm256_loadu_ps(C + r * c_rows);       \
-      hi = _mm256_loadu_ps(C + r * c_rows + 8);   \
-    } else if (bias != nullptr) {                 \
-      lo = hi = _mm256_broadcast_ss(bias + r);    \
-    }                                             \
-  }
-#define BK_FMA(r, lo, hi)                                     \
-  if (MR > r) {                                               \
-    const __m256 ar = _mm256_broadcast_ss(a##r + k * a_cols); \
-    lo = _mm256_fmadd_ps(ar, b0, lo);                         \
-    hi = _mm256_fmadd_ps(ar, b1, hi);                         \
-  }
-#define BK_STORE(r, lo, hi)                   \
-  if (MR > r) {                               \
-    _mm256_storeu_ps(C + r * c_rows, lo);     \
-    _mm256_storeu_ps(C + r * c_rows + 8, hi); \
-  }
-  BK_TILE_ROWS(BK_INIT)
-  for (int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(B + k * b_rows), b1 = _mm256_loadu_ps(B + k * b_rows + 8);
-    BK_TILE_ROWS(BK_FMA)
-  }
-  BK_TILE_ROWS(BK_STORE)
-#undef BK_STORE
-#undef BK_FMA
-#undef BK_INIT
-}
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+namespace avx512 {
+using Floats = __m512;
+constexpr int kLanes = 16;
+BK_INLINE Floats zeros() { return _mm512_setzero_ps(); }
+BK_INLINE Floats load(const float* p) { return _mm512_loadu_ps(p); }
+BK_INLINE Floats broadcast(const float* p) { return _mm512_set1_ps(*p); }
+BK_INLINE Floats fmadd(Floats a, Floats b, Floats c) { return _mm512_fmadd_ps(a, b, c); }
+BK_INLINE void store(float* p, Floats v) { _mm512_storeu_ps(p, v); }
+#include "coordinate_mlp/cpu_float_tile.inc"
+}  // namespace avx512
+#pragma GCC pop_options
 #endif
 
 template <class T, int Bytes, int MR>
@@ -154,11 +100,11 @@ BK_INLINE void tile_rows(int64_t K, const T* const* rows, int64_t a_cols, const 
                          int64_t c_rows, const T* bias, bool accumulate) {
 #if BK_HAVE_AVX2_PATH
   if constexpr (std::is_same_v<T, float> && Bytes == 32) {
-    micro_tile_avx2<MR>(K, rows, a_cols, B, b_rows, C, c_rows, bias, accumulate);
+    avx2::float_tile<MR>(K, rows, a_cols, B, b_rows, C, c_rows, bias, accumulate);
     return;
   }
   if constexpr (std::is_same_v<T, float> && Bytes == 64) {
-    micro_tile_avx512<MR>(K, rows, a_cols, B, b_rows, C, c_rows, bias, accumulate);
+    avx512::float_tile<MR>(K, rows, a_cols, B, b_rows, C, c_rows, bias, accumulate);
     return;
   }
 #endif
