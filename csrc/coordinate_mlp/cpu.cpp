@@ -1,6 +1,8 @@
 // C++/OpenMP kernels of brainkernels::coordinate_mlp: the neonatal INR's per-voxel MLP evaluated
 // block by block, activations kept in a thread's small scratch (never in memory the size of the
-// volume). Layout and contracts: coordinate_mlp.h.
+// volume). Layout and contracts: coordinate_mlp.h. This file instantiates the per-block passes
+// (cpu_forward.h, cpu_backward.h, built on cpu_layers.h, cpu_tiles.h and cpu_math.h) for each
+// instruction set and runs them over the blocks in parallel.
 //
 // Inside a block, activations are stored unit-major (units x voxels, voxels contiguous), so
 // every layer is a small matrix product whose inner loop broadcasts a weight and streams
@@ -207,20 +209,20 @@ void coordinate_mlp_backward(const CoordinateMlpArgs& args, const void* grad_out
   switch (args.io) {
     case Dtype::kFloat32:
       mlp::backward_typed<float, float>(args, static_cast<const float*>(grad_out), grad_strides,
-                                   static_cast<float*>(grad_packed), static_cast<float*>(partials), num_partials,
-                                   static_cast<float*>(grad_coords),
-                                   static_cast<float*>(scratch));
+                                        static_cast<float*>(grad_packed), static_cast<float*>(partials), num_partials,
+                                        static_cast<float*>(grad_coords), static_cast<float*>(scratch));
       break;
     case Dtype::kBFloat16:
       mlp::backward_typed<float, uint16_t>(args, static_cast<const uint16_t*>(grad_out), grad_strides,
-                                      static_cast<float*>(grad_packed), static_cast<float*>(partials), num_partials,
-                                      static_cast<uint16_t*>(grad_coords), static_cast<float*>(scratch));
+                                           static_cast<float*>(grad_packed), static_cast<float*>(partials),
+                                           num_partials, static_cast<uint16_t*>(grad_coords),
+                                           static_cast<float*>(scratch));
       break;
     default:  // float64
       mlp::backward_typed<double, double>(args, static_cast<const double*>(grad_out), grad_strides,
-                                     static_cast<double*>(grad_packed), static_cast<double*>(partials),
-                                     num_partials,
-                                     static_cast<double*>(grad_coords), static_cast<double*>(scratch));
+                                          static_cast<double*>(grad_packed), static_cast<double*>(partials),
+                                          num_partials, static_cast<double*>(grad_coords),
+                                          static_cast<double*>(scratch));
   }
 }
 
