@@ -184,8 +184,8 @@ def test_property_cpu_kernels_stay_inside_their_buffers(shape, size, raw_centers
     count, margin = centers.shape[0] * shape[0] * size**3, 64
     out = torch.full((count + 2 * margin,), SENTINEL)
     kernels.extract_patches3d_forward_cpu(
-        volume.data_ptr(), 4, list(shape), list(volume.stride()), centers.data_ptr(), centers.shape[0], size,
-        0, out[margin:].data_ptr(), 2,
+        volume.data_ptr(), _extension.dtype_code(volume.dtype), list(shape), list(volume.stride()),
+        centers.data_ptr(), centers.shape[0], size, 0, out[margin:].data_ptr(), 2,
     )
     patches = out[margin:-margin].view(centers.shape[0], shape[0], size, size, size)
     assert not torch.isnan(patches).any()
@@ -195,8 +195,8 @@ def test_property_cpu_kernels_stay_inside_their_buffers(shape, size, raw_centers
     grad_out = torch.full((volume.numel() + 2 * margin,), SENTINEL)
     grad_out[margin:-margin] = 0
     kernels.extract_patches3d_backward_cpu(
-        patches.data_ptr(), False, list(shape), centers.data_ptr(), centers.shape[0], size,
-        grad_out[margin:].data_ptr(), 2,
+        patches.data_ptr(), _extension.dtype_code(patches.dtype), list(shape), centers.data_ptr(), centers.shape[0],
+        size, grad_out[margin:].data_ptr(), 2,
     )
     assert (grad_out[:margin] == SENTINEL).all() and (grad_out[-margin:] == SENTINEL).all()
 

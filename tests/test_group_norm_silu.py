@@ -233,7 +233,7 @@ TOLERANCES = {torch.float32: dict(rtol=1e-6, atol=1e-6), torch.bfloat16: dict(rt
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_cpu_kernels_stay_inside_their_buffers(dtype):
     """Raw kernels on views inside NaN-filled buffers, writing into sentinel-guarded buffers."""
-    kernels, code = _extension.load(), {torch.float32: 0, torch.float16: 2, torch.bfloat16: 3}[dtype]
+    kernels, code = _extension.load(), _extension.dtype_code(dtype)
     shape, margin = (2, 3, 37), 64
     guarded = torch.full((4, 5, 40), float("nan"), dtype=dtype)
     h = guarded[1:3, 1:4, 2:39]

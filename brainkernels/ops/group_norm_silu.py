@@ -38,7 +38,6 @@ ACTIVATIONS = ("silu", "none")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Voxels per CPU task along a row: a fixed number, so results do not depend on the thread count.
 CPU_CHUNK = 16384
-_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 
 def _per_channel(t: Tensor, dim: int) -> Tensor:
@@ -304,7 +303,7 @@ class _CpuKernels:
     def moments(cls, h3, skip3, chunk, partial_dtype):
         mean, m2 = (h3.new_empty((cls._count(h3, chunk),), dtype=partial_dtype) for _ in range(2))
         _extension.load().group_norm_silu_moments_cpu(
-            _DTYPE_CODES[h3.dtype], *cls._common(h3, skip3, chunk), mean.data_ptr(), m2.data_ptr(),
+            _extension.dtype_code(h3.dtype), *cls._common(h3, skip3, chunk), mean.data_ptr(), m2.data_ptr(),
             torch.get_num_threads(),
         )
         return mean, m2
@@ -313,8 +312,8 @@ class _CpuKernels:
     def forward(cls, h3, skip3, center, alpha, beta, silu, chunk):
         out = h3.new_empty(h3.shape)
         _extension.load().group_norm_silu_forward_cpu(
-            _DTYPE_CODES[h3.dtype], int(silu), *cls._common(h3, skip3, chunk), center.data_ptr(), alpha.data_ptr(),
-            beta.data_ptr(), out.data_ptr(), torch.get_num_threads(),
+            _extension.dtype_code(h3.dtype), int(silu), *cls._common(h3, skip3, chunk), center.data_ptr(),
+            alpha.data_ptr(), beta.data_ptr(), out.data_ptr(), torch.get_num_threads(),
         )
         return out
 
@@ -322,8 +321,8 @@ class _CpuKernels:
     def backward_sums(cls, h3, skip3, grad3, center, alpha, beta, xa, silu, chunk):
         sums = h3.new_empty((3, cls._count(h3, chunk)), dtype=alpha.dtype)
         _extension.load().group_norm_silu_backward_sums_cpu(
-            _DTYPE_CODES[h3.dtype], int(silu), *cls._common(h3, skip3, chunk), grad3.data_ptr(), list(grad3.stride()),
-            center.data_ptr(), alpha.data_ptr(), beta.data_ptr(), xa.data_ptr(), sums.data_ptr(),
+            _extension.dtype_code(h3.dtype), int(silu), *cls._common(h3, skip3, chunk), grad3.data_ptr(),
+            list(grad3.stride()), center.data_ptr(), alpha.data_ptr(), beta.data_ptr(), xa.data_ptr(), sums.data_ptr(),
             torch.get_num_threads(),
         )
         return sums
@@ -332,9 +331,9 @@ class _CpuKernels:
     def backward_input(cls, h3, skip3, grad3, center, alpha, beta, p, q, r, silu, chunk):
         grad_input = h3.new_empty(h3.shape)
         _extension.load().group_norm_silu_backward_input_cpu(
-            _DTYPE_CODES[h3.dtype], int(silu), *cls._common(h3, skip3, chunk), grad3.data_ptr(), list(grad3.stride()),
-            center.data_ptr(), alpha.data_ptr(), beta.data_ptr(), p.data_ptr(), q.data_ptr(), r.data_ptr(),
-            grad_input.data_ptr(), torch.get_num_threads(),
+            _extension.dtype_code(h3.dtype), int(silu), *cls._common(h3, skip3, chunk), grad3.data_ptr(),
+            list(grad3.stride()), center.data_ptr(), alpha.data_ptr(), beta.data_ptr(), p.data_ptr(), q.data_ptr(),
+            r.data_ptr(), grad_input.data_ptr(), torch.get_num_threads(),
         )
         return grad_input
 

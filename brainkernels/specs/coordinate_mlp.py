@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-# The kernels' activation numbers (csrc/include/brainkernels/coordinate_mlp.h, the Triton ACT).
+# The kernels' activation numbers (csrc/coordinate_mlp/coordinate_mlp.h, the Triton ACT).
 ACTIVATION_CODES = {"wire": 0, "siren": 1, "relu": 2}
 ACTIVATIONS = tuple(ACTIVATION_CODES)
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)

@@ -1,5 +1,5 @@
 """Triton kernels for brainkernels::coordinate_mlp (contract and packed layout in
-brainkernels.ops.coordinate_mlp and csrc/include/brainkernels/coordinate_mlp.h; the activation
+brainkernels.ops.coordinate_mlp and csrc/coordinate_mlp/coordinate_mlp.h; the activation
 codes, the :class:`Spec` and the voxel :class:`Geometry` in brainkernels.specs.coordinate_mlp).
 
 Forward: one program per block of BLOCK_M voxels; the block's activations (BLOCK_M x WP, WP the

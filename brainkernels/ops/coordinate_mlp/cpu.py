@@ -1,5 +1,5 @@
 """The ``cpu`` backend of brainkernels::coordinate_mlp: marshalling for the C++/OpenMP kernels
-(csrc/cpu/coordinate_mlp.cpp), which take raw pointers and plain-data tuples; every buffer,
+(csrc/coordinate_mlp/), which take raw pointers and plain-data tuples; every buffer,
 the threads' scratch included, is allocated here with torch."""
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from brainkernels import _extension
 from brainkernels.specs.coordinate_mlp import Spec, empty_grad_coords, geometry
 
 CPU_BLOCK_SIZE = 32  # voxels a C++ thread evaluates together (backward scratch ~0.4 MB at width 128)
-# The kernels' element types of the per-voxel tensors (CoordinateMlpIo in coordinate_mlp.h).
-_IO_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float64: 2}
 
 
 def _network_tuple(spec: Spec) -> tuple:
@@ -24,7 +22,7 @@ def _network_tuple(spec: Spec) -> tuple:
 def _voxels_tuple(spec: Spec, coords: Tensor | None, block: int) -> tuple:
     where = geometry(spec, coords)
     return (list(where.shape), 0 if coords is None else coords.data_ptr(), list(where.strides), list(where.offsets),
-            [where.divisor] * 3, _IO_CODES[spec.dtype], block)
+            [where.divisor] * 3, _extension.dtype_code(spec.dtype), block)
 
 
 def _padded_strides(tensor: Tensor) -> list[int]:
