@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from brainkernels.data.atomic import atomic_path  # noqa: E402
+from brainkernels.atomic import atomic_path  # noqa: E402
 from brainkernels.data.orientation import VIEWS, mark_orientation, upright_slice  # noqa: E402
 
 OUTLINE_COLOURS = ("tab:orange", "cyan", "tab:green", "magenta")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainkernels.data.atomic import write_csv
+from brainkernels.atomic import write_csv
 from brainkernels.data.orientation import EDGE_LETTERS, VIEWS, upright_slice
 from brainkernels.figures import figure_point, orthogonal_slices
 from brainkernels.inr.evaluate import summarise

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from brainkernels.data.atomic import write_csv  # noqa: E402
+from brainkernels.atomic import write_csv  # noqa: E402
 from brainkernels.data.command_folders import check_output_folder  # noqa: E402
 from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject  # noqa: E402
 from brainkernels.data.volume import Volume, save_nifti  # noqa: E402

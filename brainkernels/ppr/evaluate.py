@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-from brainkernels.data.atomic import write_csv  # noqa: E402
+from brainkernels.atomic import write_csv  # noqa: E402
 from brainkernels.data.command_folders import check_output_folder  # noqa: E402
 from brainkernels.data.layouts.common import load_label_map  # noqa: E402
 from brainkernels.data.layouts.cq500 import MASK_MEANING, CQ500Scan, load_cq500_structures, read_cq500  # noqa: E402
