@@ -68,6 +68,13 @@ def group_norm_silu_conv_reference(
     return _CONVOLUTIONS[x.dim() - 2](activation, conv_weight, conv_bias, padding=conv_weight.shape[-1] // 2)
 
 
+def _check_dtype_and_device(name: str, t: Tensor, x: Tensor) -> None:
+    if t.dtype not in DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}; put them on one device")
+
+
 def _check_tensor(name: str, t: object, x: Tensor, shape: tuple[int, ...], shape_text: str) -> None:
     if t is None:
         return
@@ -75,10 +82,7 @@ def _check_tensor(name: str, t: object, x: Tensor, shape: tuple[int, ...], shape
         raise TypeError(f"{name} must be a torch.Tensor or None; got {type(t).__name__}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape_text} = {shape}; got {tuple(t.shape)}")
-    if t.dtype not in DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {t.dtype}")
-    if t.device != x.device:
-        raise ValueError(f"{name} is on {t.device} but x is on {x.device}; put them on one device")
+    _check_dtype_and_device(name, t, x)
 
 
 def _check_conv_weight(conv_weight: object, x: Tensor) -> None:
@@ -91,7 +95,7 @@ def _check_conv_weight(conv_weight: object, x: Tensor) -> None:
         raise ValueError(f"conv_weight must have shape (out_channels, {x.shape[1]}{', k' * dims}) with one odd "
                          f"kernel size k (a 'same' convolution of x's {x.shape[1]} channels); "
                          f"got {tuple(conv_weight.shape)}")
-    _check_tensor("conv_weight", conv_weight, x, tuple(conv_weight.shape), "")
+    _check_dtype_and_device("conv_weight", conv_weight, x)
 
 
 def _check_arguments(x, num_groups, conv_weight, conv_bias, norm_weight, norm_bias, eps, skip, emb) -> None:
