@@ -96,6 +96,13 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_atomic_writers_keep_their_old_import_path():
+    from brainkernels import atomic
+    from brainkernels.data import atomic as old_path
+
+    assert (old_path.atomic_path, old_path.write_csv) == (atomic.atomic_path, atomic.write_csv)
+
+
 def test_modalities_must_share_shape_and_affine(tmp_path):
     t1 = load_nifti(write(tmp_path / "t1.nii.gz", np.ones((3, 3, 3))))
     t2 = load_nifti(write(tmp_path / "t2.nii.gz", np.ones((3, 3, 3)) * 2))

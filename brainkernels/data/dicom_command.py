@@ -47,7 +47,7 @@ def register_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
 
 def run_import_dicom(arguments: argparse.Namespace) -> int:
     """0 when every study gave a scan, 1 when some gave none (the others are written)."""
-    from brainkernels.data.atomic import write_csv
+    from brainkernels.atomic import write_csv
     from brainkernels.data.dicom import SeriesCriteria, import_study
     from brainkernels.data.volume import save_nifti
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MAX_VOXELS_VARIABLE = "BRAINKERNELS_MAX_VOXELS"

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 from brainkernels.data.cache import Entry, Request
 from brainkernels.data.layouts.dhcp import DHCPScan
 from brainkernels.data.preprocess import foreground_mask

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from brainkernels.data.atomic import write_csv
+from brainkernels.atomic import write_csv
 from brainkernels.data.layouts.dhcp import DHCPScan, read_dhcp, scans_by_subject
 from brainkernels.data.preprocess import foreground_mask
 from brainkernels.data.volume import Volume, load_nifti

@@ -5,15 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from brainkernels.data.orientation import mark_orientation, upright, upright_slice  # noqa: E402
-from brainkernels.figures import save_figure  # noqa: E402
+from brainkernels.data.orientation import mark_orientation, upright, upright_slice
+from brainkernels.figures import plt, save_figure
 
 
 def sequence_figure(images: Sequence[Tensor], ages_weeks: Sequence[float], title: str = "") -> plt.Figure:

@@ -7,28 +7,24 @@ import os
 import warnings
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from brainkernels.data.atomic import write_csv  # noqa: E402
-from brainkernels.data.command_folders import check_output_folder  # noqa: E402
-from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject  # noqa: E402
-from brainkernels.data.volume import Volume, save_nifti  # noqa: E402
-from brainkernels.errors import BrainkernelsError  # noqa: E402
-from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
-from brainkernels.metrics.segmentation import dice, hausdorff95  # noqa: E402
-from brainkernels.metrics.undefined import Undefined  # noqa: E402
-from brainkernels.patchddm.data import PreparedSubject, prepare_subject  # noqa: E402
-from brainkernels.patchddm.infer import Segmentation, sample_members  # noqa: E402
-from brainkernels.patchddm.train import load_trained, split_subjects  # noqa: E402
-from brainkernels.runtime import setup, shipped, teardown  # noqa: E402
-from brainkernels.runtime.inference import evaluated, run_cohort  # noqa: E402
-from brainkernels.runtime.trainer import DEFAULT_WORKERS  # noqa: E402
-from brainkernels.runtime.progress import progress  # noqa: E402
+from brainkernels.atomic import write_csv
+from brainkernels.data.command_folders import check_output_folder
+from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject
+from brainkernels.data.volume import Volume, save_nifti
+from brainkernels.errors import BrainkernelsError
+from brainkernels.figures import figure_point, orthogonal_slices, plt, save_figure
+from brainkernels.metrics.segmentation import dice, hausdorff95
+from brainkernels.metrics.undefined import Undefined
+from brainkernels.patchddm.data import PreparedSubject, prepare_subject
+from brainkernels.patchddm.infer import Segmentation, sample_members
+from brainkernels.patchddm.train import load_trained, split_subjects
+from brainkernels.runtime import setup, shipped, teardown
+from brainkernels.runtime.inference import evaluated, run_cohort
+from brainkernels.runtime.trainer import DEFAULT_WORKERS
+from brainkernels.runtime.progress import progress
 
 FIGURE_CHANNEL = MODALITIES.index("flair")  # the sequence the tumour shows best on
 

@@ -8,30 +8,26 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-import matplotlib
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
-
-from brainkernels.data.atomic import write_csv  # noqa: E402
-from brainkernels.data.command_folders import check_output_folder  # noqa: E402
-from brainkernels.data.layouts.common import load_label_map  # noqa: E402
-from brainkernels.data.layouts.cq500 import MASK_MEANING, CQ500Scan, load_cq500_structures, read_cq500  # noqa: E402
-from brainkernels.data.volume import Volume, nifti_files_below, save_nifti  # noqa: E402
-from brainkernels.errors import BrainkernelsError  # noqa: E402
-from brainkernels.metrics.undefined import Undefined  # noqa: E402
-from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
-from brainkernels.ppr import healthy_reference, reference_grid  # noqa: E402
-from brainkernels.ppr.data import PreparedScan, prepare  # noqa: E402
-from brainkernels.ppr.healthy_reference import error_maps  # noqa: E402
-from brainkernels.ppr.infer import Precision  # noqa: E402
-from brainkernels.ppr.train import PPRConfig, healthy_split, load_trained  # noqa: E402
-from brainkernels.runtime import RunFolder, setup, shipped, teardown  # noqa: E402
-from brainkernels.runtime.inference import evaluated, run_cohort  # noqa: E402
-from brainkernels.runtime.trainer import DEFAULT_WORKERS  # noqa: E402
+from brainkernels.atomic import write_csv
+from brainkernels.data.command_folders import check_output_folder
+from brainkernels.data.layouts.common import load_label_map
+from brainkernels.data.layouts.cq500 import MASK_MEANING, CQ500Scan, load_cq500_structures, read_cq500
+from brainkernels.data.volume import Volume, nifti_files_below, save_nifti
+from brainkernels.errors import BrainkernelsError
+from brainkernels.metrics.undefined import Undefined
+from brainkernels.figures import figure_point, orthogonal_slices, plt, save_figure
+from brainkernels.ppr import healthy_reference, reference_grid
+from brainkernels.ppr.data import PreparedScan, prepare
+from brainkernels.ppr.healthy_reference import error_maps
+from brainkernels.ppr.infer import Precision
+from brainkernels.ppr.train import PPRConfig, healthy_split, load_trained
+from brainkernels.runtime import RunFolder, setup, shipped, teardown
+from brainkernels.runtime.inference import evaluated, run_cohort
+from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
 MAX_ERROR = "maximum error (paper)"
 VS_HEALTHY = "vs healthy scans"

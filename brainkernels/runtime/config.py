@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 
 import tomli_w
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 from brainkernels.errors import BrainkernelsError
 
 if sys.version_info >= (3, 11):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import brainkernels
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 from brainkernels.data.volume import check_voxel_count
 from brainkernels.data.synth import brats, cq500, dhcp
 from brainkernels.data.synth.subject import Subject
