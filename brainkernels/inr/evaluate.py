@@ -15,10 +15,10 @@ from scipy import stats
 from brainkernels.data.atomic import write_csv
 from brainkernels.data.layouts.dhcp import DHCPScan, read_dhcp, scans_by_subject
 from brainkernels.data.preprocess import foreground_mask
-from brainkernels.data.volume import Volume
+from brainkernels.data.volume import Volume, load_nifti
 from brainkernels.errors import BrainkernelsError
 from brainkernels.data.cache import PreparedCache
-from brainkernels.inr.data import ModelInput, cached_input, preparation_request
+from brainkernels.inr.data import ModelGrid, ModelInput, cached_input, preparation_request, prepare_input
 from brainkernels.inr.figures import head_circumference_plot
 from brainkernels.inr.infer import FIT_STEPS, decode, fit_latent
 from brainkernels.inr.train import PAIRS_FILE, INRConfig, TrainedINR, load_trained, split_test_subjects, train
@@ -54,6 +54,12 @@ def test_pairs(data: str | os.PathLike, split_seed: int, subjects: str = "held-o
     if not test:
         raise BrainkernelsError(f"{data}: no subject has two sessions, so there is nothing to predict and compare")
     return [(sessions[subject][0], sessions[subject][-1]) for subject in test]
+
+
+def load_pair(pair: tuple[DHCPScan, DHCPScan], grid: ModelGrid) -> tuple:
+    """(first, last, the first's model input, the last's model input), read from the NIfTI files
+    (evaluation reads them from the prepared-volume cache)."""
+    return *pair, *(prepare_input(load_nifti(scan.t2w_path), grid, str(scan.t2w_path)) for scan in pair)
 
 
 def predict_pair(trained: TrainedINR, first: DHCPScan, last: DHCPScan, source: ModelInput, truth: ModelInput, *,
