@@ -208,7 +208,6 @@ def full(*args, dir=None, **kwargs):  # the system temporary folder is full; oth
 
 tempfile.mkdtemp = full
 sys.path.insert(0, {tests!r})
-from brainkernels import cli
 from brainkernels.runtime import Distributed
 from brainkernels.runtime.inference import run_cohort
 import toy_training
