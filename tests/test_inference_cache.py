@@ -2,6 +2,8 @@
 its run's training built (same sources, same settings, same key) and builds only the missing
 ones, in the run's cache unless told otherwise; the maps equal the preparation without a cache."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,8 @@ from brainkernels.patchddm.train import train as patchddm_train
 from brainkernels.ppr import evaluate as ppr_evaluate
 from brainkernels.ppr.train import PPRConfig
 from brainkernels.ppr.train import train as ppr_train
-from brainkernels.runtime.prepared import CACHE_FOLDER, inference_cache_folder
+from brainkernels.runtime import shipped
+from brainkernels.runtime.prepared import CACHE_FOLDER
 
 SHAPE = 16
 
@@ -57,11 +60,13 @@ def trained(request, tmp_path_factory):
     write_cohort(kind, root / "data", subjects=subjects, shape=24 if kind == "cq500" else SHAPE, seed=3,
                  **({"rescanned": 0.8} if kind == "dhcp" else {}))
     run = train(root / "data", root / "run", None)
-    return root / "data", run, evaluate
+    method = importlib.import_module(f"brainkernels.{request.param}.train")
+    exported = shipped.export(run, root / "exported", method=method.METHOD, method_files=method.RUN_FILES)
+    return root / "data", run, evaluate, exported
 
 
 def test_evaluation_reads_the_entries_training_built(trained, monkeypatch):
-    data, run, evaluate = trained
+    data, run, evaluate, _ = trained
     built_by_training = entry_folders(run / CACHE_FOLDER)
     first = evaluate(run, data, None, None, 2)
     after = entry_folders(run / CACHE_FOLDER)
@@ -78,13 +83,14 @@ def test_evaluation_reads_the_entries_training_built(trained, monkeypatch):
     assert entry_folders(run / CACHE_FOLDER) == after
 
 
-def test_a_run_without_a_cache_evaluates_with_one_in_the_output(trained, tmp_path):
-    data, run, evaluate = trained
-    elsewhere = tmp_path / "named"
-    evaluate(run, data, tmp_path / "out", elsewhere, 0)
-    assert entry_folders(elsewhere) and not (tmp_path / "out" / CACHE_FOLDER).exists()
-    assert inference_cache_folder(None, tmp_path / "exported-run", tmp_path / "out") == tmp_path / "out" / CACHE_FOLDER
-    assert inference_cache_folder(None, run, tmp_path / "out") == run / CACHE_FOLDER
+def test_a_named_cache_is_used_and_a_run_without_one_evaluates_with_out_cache(trained, tmp_path):
+    data, run, evaluate, exported = trained
+    before = entry_folders(run / CACHE_FOLDER)
+    evaluate(run, data, tmp_path / "out", tmp_path / "named", 0)
+    assert entry_folders(tmp_path / "named") and not (tmp_path / "out" / CACHE_FOLDER).exists()
+    assert entry_folders(run / CACHE_FOLDER) == before
+    evaluate(exported, data, tmp_path / "exported-out", None, 0)  # an exported run has no cache
+    assert entry_folders(tmp_path / "exported-out" / CACHE_FOLDER) and not (exported / CACHE_FOLDER).exists()
 
 
 @pytest.mark.parametrize("dims", [2, 3])
