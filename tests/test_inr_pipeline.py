@@ -143,8 +143,9 @@ def test_ablation_trains_and_tables_the_four_variants(cohort, tmp_path):
     table = (tmp_path / "ablation.csv").read_text().splitlines()
     assert table[0].startswith("variant,ssl,sgla,psnr") and len(table) == 6 and table[-1].startswith(f"{COPY},,,")
     assert (tmp_path / "head_circumference.png").is_file()
-    training = split_test_subjects(read_dhcp(cohort), 0)[0]
-    assert len(list((tmp_path / "cache").iterdir())) == len(training)  # prepared once for the four variants
+    training, pairs = split_test_subjects(read_dhcp(cohort), 0)[0], test_pairs(cohort, 0)
+    # The training scans and the evaluated pairs, each prepared once for the four variants.
+    assert len(list((tmp_path / "cache").iterdir())) == len(training) + 2 * len(pairs)
 
 
 def test_ages_outside_the_trained_range_warn(cohort, run_3d, tmp_path):

@@ -57,11 +57,16 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in millimetres along D, H, W."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return voxel_spacing(self.affine)
 
     def with_data(self, data: Tensor, affine: np.ndarray | None = None) -> Volume:
         """A volume with new data (and optionally a new affine), keeping the source path."""
         return replace(self, data=data, affine=self.affine if affine is None else affine)
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in millimetres along the axes of ``affine``."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
@@ -147,6 +152,21 @@ def read_header(path: str | os.PathLike) -> nib.Nifti1Header:
     path = Path(path)
     _require_nifti_file(path)
     return _open_nifti(path).header
+
+
+def read_grid(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The spatial shape and affine :func:`load_nifti` gives the file (reoriented to RAS), from its
+    header alone: checking that scans share a grid need not decompress their voxels."""
+    path = Path(path)
+    _require_nifti_file(path)
+    image = _open_nifti(path)
+    if len(image.shape) not in (3, 4):
+        raise ValueError(f"{path}: expected a 3D or 4D image; got {len(image.shape)} dimensions {image.shape}")
+    shape = image.shape[:3]
+    orientation = nib.io_orientation(image.affine)
+    # Reorienting a zero-stride stand-in moves its axes as load_nifti moves the voxels, at no cost.
+    canonical = nib.apply_orientation(np.broadcast_to(np.int8(0), shape), orientation).shape
+    return tuple(int(size) for size in canonical), image.affine @ nib.orientations.inv_ornt_aff(orientation, shape)
 
 
 def _require_nifti_file(path: Path) -> None:

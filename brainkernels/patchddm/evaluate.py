@@ -18,11 +18,13 @@ from brainkernels.errors import BrainkernelsError
 from brainkernels.figures import figure_point, orthogonal_slices, plt, save_figure
 from brainkernels.metrics.segmentation import dice, hausdorff95
 from brainkernels.metrics.undefined import Undefined
-from brainkernels.patchddm.data import PreparedSubject, prepare_subject
+from brainkernels.data.cache import PreparedCache
+from brainkernels.patchddm.data import PreparedSubject, cached_subject, preparation_request, prepare_subject
 from brainkernels.patchddm.infer import Segmentation, sample_members
-from brainkernels.patchddm.train import load_trained, split_subjects
+from brainkernels.patchddm.train import PatchDDMConfig, load_trained, split_subjects
 from brainkernels.runtime import setup, shipped, teardown
 from brainkernels.runtime.inference import evaluated, run_cohort
+from brainkernels.runtime.prepared import inference_cache_folder, prepared_entries
 from brainkernels.runtime.trainer import DEFAULT_WORKERS
 from brainkernels.runtime.progress import progress
 
@@ -150,15 +152,16 @@ def _plot(summary: list[dict], title: str) -> plt.Figure:
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              steps: list[int] = (20,), ensemble: list[int] = (1, 3, 5), seed: int = 0, precision: str = "fp32",
              device: str = "auto", workers: int = DEFAULT_WORKERS, quiet: bool = False,
-             subjects: str = "held-out") -> list[dict]:
+             subjects: str = "held-out", cache: str | os.PathLike | None = None) -> list[dict]:
     """Dice and HD95 on the run's test subjects of the cohort at ``data`` (``subjects="all"``: on
     every subject, for a cohort the model never saw), for every number of
     sampling steps and ensemble size; writes ``scores.csv`` (per subject), ``summary.csv``,
     ``dice_vs_ensemble.png`` and the figures of each subject to ``out`` (default RUN/evaluation).
-    Returns the summary rows (mean and std over subjects)."""
+    Returns the summary rows (mean and std over subjects). The prepared subjects come from the
+    cache ``cache`` (default: the run's, else ``out/cache``)."""
     if not steps or not ensemble or min(ensemble) < 1:
         raise BrainkernelsError(f"--ensemble sizes must be at least 1 and --steps non-empty; got {ensemble}, {steps}")
-    out = shipped.evaluation_folder(run_dir, out)
+    out, run_dir = shipped.evaluation_folder(run_dir, out), shipped.resolve(run_dir, PatchDDMConfig)
     distributed = setup(device)
     try:
         model, settings = _load_for_sampling(run_dir, distributed.device, precision)
@@ -167,6 +170,11 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
         if not test:
             raise BrainkernelsError(f"{data}: the cohort is too small to have test subjects")
         sizes = sorted(set(ensemble))
+        # The training's request (subjects with their masks, padded as the run's model needs).
+        requests = [preparation_request(subject, settings.volume_multiple, with_mask=True) for subject in test]
+        entries = prepared_entries(requests, PreparedCache(inference_cache_folder(cache, run_dir, out)), distributed,
+                                   quiet=quiet)
+        entry_of = {subject.subject_id: entry for subject, entry in zip(test, entries, strict=True)}
 
         def one(prepared: PreparedSubject) -> list[dict]:
             subject_id = prepared.subject_id
@@ -180,7 +188,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
             return rows
 
         results = run_cohort(test, one, distributed, description="evaluation", workers=workers, quiet=quiet,
-                             load=lambda subject: prepare_subject(subject, settings.volume_multiple, with_mask=True),
+                             load=lambda subject: cached_subject(entry_of[subject.subject_id]),
                              sizes=f"mode={settings.mode}", advice="Evaluate on a GPU with more memory.")
         rows = [row for rows in results for row in rows]
         summary = _summary(rows)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from brainkernels.options import at_least
-from brainkernels.runtime.command import (add_export_verb, add_model_option, add_subjects_option, add_train_verb,
-                                         add_workers_option)
+from brainkernels.runtime.command import (add_cache_option, add_export_verb, add_model_option, add_subjects_option,
+                                          add_train_verb, add_workers_option)
 
 
 def _detect(arguments: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
     aurocs = evaluate(arguments.model, arguments.data, arguments.out, mode=arguments.mode, tile=arguments.tile,
                       device=arguments.device, workers=arguments.workers, quiet=arguments.quiet,
-                      precision=arguments.precision, subjects=arguments.subjects)
+                      precision=arguments.precision, subjects=arguments.subjects, cache=arguments.cache)
     scores = list(aurocs)
     print(f"{'AUROC':<26}" + "".join(f"{score:>24}" for score in scores))
     for name in aurocs[scores[0]]:
@@ -80,4 +80,5 @@ def register_command(commands) -> None:
     evaluate.add_argument("--data", required=True, help="CQ500-style folder with structures.nii.gz")
     evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
     add_subjects_option(evaluate)
+    add_cache_option(evaluate)
     evaluate.set_defaults(run=_evaluate)

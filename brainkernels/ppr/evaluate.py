@@ -21,12 +21,14 @@ from brainkernels.errors import BrainkernelsError
 from brainkernels.metrics.undefined import Undefined
 from brainkernels.figures import figure_point, orthogonal_slices, plt, save_figure
 from brainkernels.ppr import healthy_reference, reference_grid
-from brainkernels.ppr.data import PreparedScan, prepare
+from brainkernels.data.cache import PreparedCache
+from brainkernels.ppr.data import PreparedScan, cached_scan, preparation_request, prepare
 from brainkernels.ppr.healthy_reference import error_maps
 from brainkernels.ppr.infer import Precision
 from brainkernels.ppr.train import PPRConfig, healthy_split, load_trained
 from brainkernels.runtime import RunFolder, setup, shipped, teardown
 from brainkernels.runtime.inference import evaluated, run_cohort
+from brainkernels.runtime.prepared import inference_cache_folder, prepared_entries
 from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
 MAX_ERROR = "maximum error (paper)"
@@ -167,12 +169,13 @@ def _score_column(label: str, score: str) -> str:
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
-             workers: int = DEFAULT_WORKERS, quiet: bool = False,
-             precision: Precision = "float32", subjects: str = "held-out") -> dict[str, dict[str, float]]:
+             workers: int = DEFAULT_WORKERS, quiet: bool = False, precision: Precision = "float32",
+             subjects: str = "held-out", cache: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
     """Score the held-out scans of the cohort at ``data`` (``subjects="all"``: every scan, for a
     cohort the model never saw) per structure; writes ``scores.csv``,
     ``auroc.csv`` and ``roc.png`` to ``out`` (default ``RUN/evaluation``) and returns the AUROCs,
-    per score (``VS_HEALTHY`` when the run has a healthy reference, and ``MAX_ERROR``) and structure."""
+    per score (``VS_HEALTHY`` when the run has a healthy reference, and ``MAX_ERROR``) and structure.
+    The prepared scans come from the cache ``cache`` (default: the run's, else ``out/cache``)."""
     out, run_dir = shipped.evaluation_folder(run_dir, out), shipped.resolve(run_dir, PPRConfig)
     distributed = setup(device)
     try:
@@ -183,6 +186,11 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
             raise BrainkernelsError(f"{cohort.root}: evaluation needs structures.nii.gz (hemispheres and skull)")
         structures = load_cq500_structures(cohort).data[0].long()
         held_out = evaluated(cohort.scans, healthy_split(cohort.scans, settings.split_seed)[1], subjects)
+        # The training's request: its settings are the run's, so scans it prepared are read again.
+        entries = prepared_entries([preparation_request(record.path, settings.patch) for record in held_out],
+                                   PreparedCache(inference_cache_folder(cache, run_dir, out)), distributed,
+                                   quiet=quiet)
+        entry_of = {record.name: entry for record, entry in zip(held_out, entries, strict=True)}
 
         def one(loaded: tuple[CQ500Scan, PreparedScan]):
             record, scan = loaded
@@ -191,7 +199,8 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
                                              structures)
 
         results = run_cohort(held_out, one, distributed, description="evaluation",
-                             load=lambda record: (record, prepare(record.path)), workers=workers, quiet=quiet,
+                             load=lambda record: (record, cached_scan(entry_of[record.name], record.path)),
+                             workers=workers, quiet=quiet,
                              sizes=f"mode={mode}, tile={tile}", advice="Lower --tile to use less memory.")
         scores = ([VS_HEALTHY] if reference is not None else []) + [MAX_ERROR]
         aurocs: dict[str, dict[str, float]] = {score: {} for score in scores}

@@ -37,6 +37,7 @@ from brainkernels.memory import StorageTracker, format_bytes
 from brainkernels.runtime import checkpoint
 from brainkernels.runtime.config import renamed_keys
 from brainkernels.runtime.distributed import Distributed
+from brainkernels.runtime.loader_workers import prepare_worker_start
 from brainkernels.runtime.progress import progress
 from brainkernels.runtime.run_folder import RunFolder
 from brainkernels.runtime.loss_curve import write_loss_curve
@@ -175,6 +176,7 @@ class Trainer:
     def batches(self, start_step: int, device: torch.device) -> Iterator[list[Any]]:
         """The micro-batches of every step from ``start_step`` on, in a resumable order."""
         workers = self.config.workers
+        prepare_worker_start(workers)
         # One loader for the whole run, so its workers live as long as the run (as persistent
         # workers would across epochs). A private generator: creating a loader must not draw from
         # the global RNG, or a resumed run (which creates one mid-epoch) would drift.
