@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import base64
 import re
-from html import unescape
 import subprocess
 import sys
+from html import unescape
 
 import pytest
-
 import tomli_w
 
 from brainkernels.data.synth.cohort import write_cohort

@@ -69,7 +69,8 @@ def test_slices_carry_their_edge_letters_colour_bar_and_outlines():
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["outline: true finding"]
     plt.close(figure)
     figure = orthogonal_slices(head * 1.0, point=figure_point(head), outlines={"segmentation": np.zeros(SHAPE)})
-    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["outline: segmentation (not in these slices)"]
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["outline: segmentation "
+                                                                           "(not in these slices)"]
     plt.close(figure)
 
 

@@ -14,16 +14,16 @@ import torch
 
 from brainkernels.cli import main
 from brainkernels.data.cache import PreparedCache
-from brainkernels.data.volume import load_nifti
 from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
 from brainkernels.data.synth.cohort import write_cohort
+from brainkernels.data.volume import load_nifti
 from brainkernels.errors import BrainkernelsError
-from brainkernels.inr.data import SampledVoxels, preparation_request, prepare_input
 from brainkernels.inr import evaluate as inr_evaluate
+from brainkernels.inr.data import SampledVoxels, preparation_request, prepare_input
 from brainkernels.inr.evaluate import COPY, ablation, evaluate, load_pair, summarise
 from brainkernels.inr.predict import atlas, predict
-from brainkernels.metrics.image import psnr
 from brainkernels.inr.train import INRConfig, load_trained, model_grid, split_test_subjects, train
+from brainkernels.metrics.image import psnr
 from brainkernels.ops.coordinate_mlp import grid_coordinates
 
 SHAPE = 16
@@ -143,7 +143,7 @@ def test_ablation_trains_and_tables_the_four_variants(cohort, tmp_path):
     table = (tmp_path / "ablation.csv").read_text().splitlines()
     assert table[0].startswith("variant,ssl,sgla,psnr") and len(table) == 6 and table[-1].startswith(f"{COPY},,,")
     assert (tmp_path / "head_circumference.png").is_file()
-    training, pairs = split_test_subjects(read_dhcp(cohort), 0)[0], test_pairs(cohort, 0)
+    training, pairs = split_test_subjects(read_dhcp(cohort), 0)[0], inr_evaluate.test_pairs(cohort, 0)
     # The training scans and the evaluated pairs, each prepared once for the four variants.
     assert len(list((tmp_path / "cache").iterdir())) == len(training) + 2 * len(pairs)
 

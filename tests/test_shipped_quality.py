@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from brainkernels.demo import inr, patchddm, ppr, shipped
-from brainkernels.inr.train import INRConfig
+from brainkernels.demo import patchddm, ppr, shipped
 from brainkernels.patchddm.train import PatchDDMConfig
 from brainkernels.ppr.train import PPRConfig
 from brainkernels.runtime import shipped as runtime_shipped

@@ -12,9 +12,10 @@ from brainkernels.data import volume as volume_module
 from brainkernels.data.volume import Volume, load_nifti, save_nifti, stack_modalities
 
 LPS = np.array([[-2.0, 0, 0, 30], [0, -1.0, 0, 40], [0, 0, 3.0, -5], [0, 0, 0, 1]])
+IDENTITY = np.eye(4)
 
 
-def write(path, array, affine=np.eye(4)):
+def write(path, array, affine=IDENTITY):
     nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), affine), path)
     return path
 

@@ -39,7 +39,8 @@ class Volume:
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, Tensor) or self.data.dim() != 4:
-            raise ValueError(f"Volume.data must be a (C, D, H, W) tensor; got {getattr(self.data, 'shape', self.data)!r}")
+            raise ValueError("Volume.data must be a (C, D, H, W) tensor; "
+                             f"got {getattr(self.data, 'shape', self.data)!r}")
         affine = np.asarray(self.affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.isfinite(affine).all():
             raise ValueError(f"Volume.affine must be a finite 4x4 matrix; got shape {affine.shape}")

@@ -6,8 +6,14 @@ import argparse
 
 from brainkernels.options import at_least
 from brainkernels.runtime import config
-from brainkernels.runtime.command import (add_cache_option, add_export_verb, add_model_option, add_subjects_option,
-                                          add_train_verb, add_workers_option)
+from brainkernels.runtime.command import (
+    add_cache_option,
+    add_export_verb,
+    add_model_option,
+    add_subjects_option,
+    add_train_verb,
+    add_workers_option,
+)
 
 
 def _age(text: str) -> float:

@@ -13,11 +13,11 @@ import numpy as np
 from scipy import stats
 
 from brainkernels.atomic import write_csv
+from brainkernels.data.cache import PreparedCache
 from brainkernels.data.layouts.dhcp import DHCPScan, read_dhcp, scans_by_subject
 from brainkernels.data.preprocess import foreground_mask
 from brainkernels.data.volume import Volume, load_nifti
 from brainkernels.errors import BrainkernelsError
-from brainkernels.data.cache import PreparedCache
 from brainkernels.inr.data import ModelGrid, ModelInput, cached_input, preparation_request, prepare_input
 from brainkernels.inr.figures import head_circumference_plot
 from brainkernels.inr.infer import FIT_STEPS, decode, fit_latent

@@ -151,7 +151,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, 
                 build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),
                 loss_fn=reconstruction_loss(settings.sgla), dataset=dataset, config=settings,
                 distributed=distributed, run=run, run_config=config.to_dict(settings),
-                architecture_keys=ARCHITECTURE_KEYS, quiet=quiet, memory_advice="--micro-batches or lower --pixel-ratio",
+                architecture_keys=ARCHITECTURE_KEYS, quiet=quiet,
+                memory_advice="--micro-batches or lower --pixel-ratio",
             )
             trainer.fit(resume=resume)
         return run.root

@@ -13,8 +13,6 @@ activation. Volumes whose whole activation fits in one slab take the op (faster)
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,7 +28,7 @@ def _statistics_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _slab_input(x: Tensor, skip: Optional[Tensor], emb: Optional[Tensor], start: int, stop: int) -> Tensor:
+def _slab_input(x: Tensor, skip: Tensor | None, emb: Tensor | None, start: int, stop: int) -> Tensor:
     """``(x + skip) / 2 + emb`` on planes ``start:stop`` of the first spatial axis, in float32
     (float64 for float64 inputs)."""
     dtype = _statistics_dtype(x)
@@ -94,8 +92,8 @@ def is_same_size_convolution(conv: nn.Module) -> bool:
             and conv.kernel_size[0] % 2 == 1 and all(p == conv.kernel_size[0] // 2 for p in conv.padding))
 
 
-def group_norm_silu_conv(x: Tensor, norm: nn.GroupNorm, conv: nn.Module, *, skip: Optional[Tensor] = None,
-                         emb: Optional[Tensor] = None) -> Tensor:
+def group_norm_silu_conv(x: Tensor, norm: nn.GroupNorm, conv: nn.Module, *, skip: Tensor | None = None,
+                         emb: Tensor | None = None) -> Tensor:
     """``conv(silu(norm((x + skip) / 2 + emb)))`` with the parameters of existing ``norm`` and
     ``conv`` modules (see :func:`is_same_size_convolution`), storing nothing but the inputs for
     backward, and in 3D inference never holding the whole activation."""
@@ -132,7 +130,7 @@ class GroupNormSiLUConv(nn.Module):
         self.conv = _CONVOLUTIONS[dims - 1](in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         self.fused = fused
 
-    def forward(self, x: Tensor, skip: Optional[Tensor] = None, emb: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, skip: Tensor | None = None, emb: Tensor | None = None) -> Tensor:
         if not self.fused:
             norm, conv = self.norm, self.conv
             return group_norm_silu_conv_reference(x, norm.num_groups, conv.weight, conv.bias, norm_weight=norm.weight,

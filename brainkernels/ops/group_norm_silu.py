@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +47,14 @@ def _per_channel(t: Tensor, dim: int) -> Tensor:
 def group_norm_silu_reference(
     h: Tensor,
     num_groups: int,
-    weight: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
     eps: float = 1e-5,
     *,
-    skip: Optional[Tensor] = None,
-    emb: Optional[Tensor] = None,
-    scale: Optional[Tensor] = None,
-    shift: Optional[Tensor] = None,
+    skip: Tensor | None = None,
+    emb: Tensor | None = None,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
     activation: str = "silu",
 ) -> Tensor:
     """Plain-PyTorch composition (F.group_norm, F.silu): the test oracle and the fallback."""
@@ -113,14 +112,14 @@ def _check_arguments(h, num_groups, weight, bias, eps, skip, emb, scale, shift, 
 def group_norm_silu(
     h: Tensor,
     num_groups: int,
-    weight: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
     eps: float = 1e-5,
     *,
-    skip: Optional[Tensor] = None,
-    emb: Optional[Tensor] = None,
-    scale: Optional[Tensor] = None,
-    shift: Optional[Tensor] = None,
+    skip: Tensor | None = None,
+    emb: Tensor | None = None,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
     activation: str = "silu",
 ) -> Tensor:
     """``act(GroupNorm((h + skip) / 2 + emb) * (1 + scale) + shift)``, fused; see the module doc.
@@ -291,7 +290,7 @@ class _CpuKernels:
         return min(CPU_CHUNK, spatial)
 
     @staticmethod
-    def _common(h3: Tensor, skip3: Optional[Tensor], chunk: int) -> tuple:
+    def _common(h3: Tensor, skip3: Tensor | None, chunk: int) -> tuple:
         skip_args = (skip3.data_ptr(), list(skip3.stride())) if skip3 is not None else (0, [0, 0, 0])
         return (list(h3.shape), chunk, h3.data_ptr(), list(h3.stride()), *skip_args)
 
@@ -400,12 +399,12 @@ _BACKWARD = {
 @torch.library.custom_op("brainkernels::group_norm_silu", mutates_args=())
 def _group_norm_silu(
     h: Tensor,
-    skip: Optional[Tensor],
-    emb: Optional[Tensor],
-    scale: Optional[Tensor],
-    shift: Optional[Tensor],
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
+    skip: Tensor | None,
+    emb: Tensor | None,
+    scale: Tensor | None,
+    shift: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
     num_groups: int,
     eps: float,
     activation: str,
@@ -426,12 +425,12 @@ def _(h, skip, emb, scale, shift, weight, bias, num_groups, eps, activation):
 def _group_norm_silu_backward(
     grad_out: Tensor,
     h: Tensor,
-    skip: Optional[Tensor],
-    emb: Optional[Tensor],
-    scale: Optional[Tensor],
-    shift: Optional[Tensor],
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
+    skip: Tensor | None,
+    emb: Tensor | None,
+    scale: Tensor | None,
+    shift: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
     mean: Tensor,
     rstd: Tensor,
     num_groups: int,
@@ -481,7 +480,7 @@ def _backward(ctx, grad_out, _grad_mean, _grad_rstd):
         input_grad,
     )
 
-    def wanted(index: int, given: Optional[Tensor], grad: Tensor) -> Optional[Tensor]:
+    def wanted(index: int, given: Tensor | None, grad: Tensor) -> Tensor | None:
         return grad if given is not None and needs[index] else None
 
     return (

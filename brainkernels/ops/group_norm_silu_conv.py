@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +45,7 @@ def convolution_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
@@ -54,13 +53,13 @@ def group_norm_silu_conv_reference(
     x: Tensor,
     num_groups: int,
     conv_weight: Tensor,
-    conv_bias: Optional[Tensor] = None,
+    conv_bias: Tensor | None = None,
     *,
-    norm_weight: Optional[Tensor] = None,
-    norm_bias: Optional[Tensor] = None,
+    norm_weight: Tensor | None = None,
+    norm_bias: Tensor | None = None,
     eps: float = 1e-5,
-    skip: Optional[Tensor] = None,
-    emb: Optional[Tensor] = None,
+    skip: Tensor | None = None,
+    emb: Tensor | None = None,
 ) -> Tensor:
     """Plain-PyTorch composition (F.group_norm, F.silu, F.conv{1,2,3}d), every tensor in one
     dtype: the test oracle. Autograd stores every intermediate."""
@@ -131,13 +130,13 @@ def group_norm_silu_conv(
     x: Tensor,
     num_groups: int,
     conv_weight: Tensor,
-    conv_bias: Optional[Tensor] = None,
+    conv_bias: Tensor | None = None,
     *,
-    norm_weight: Optional[Tensor] = None,
-    norm_bias: Optional[Tensor] = None,
+    norm_weight: Tensor | None = None,
+    norm_bias: Tensor | None = None,
     eps: float = 1e-5,
-    skip: Optional[Tensor] = None,
-    emb: Optional[Tensor] = None,
+    skip: Tensor | None = None,
+    emb: Tensor | None = None,
 ) -> Tensor:
     """``conv(silu(GroupNorm((x + skip) / 2 + emb)))`` saving only its inputs; see the module doc.
 
@@ -180,12 +179,12 @@ def _forward(x, skip, emb, norm_weight, norm_bias, conv_weight, conv_bias, num_g
 @torch.library.custom_op("brainkernels::group_norm_silu_conv", mutates_args=())
 def _group_norm_silu_conv(
     x: Tensor,
-    skip: Optional[Tensor],
-    emb: Optional[Tensor],
-    norm_weight: Optional[Tensor],
-    norm_bias: Optional[Tensor],
+    skip: Tensor | None,
+    emb: Tensor | None,
+    norm_weight: Tensor | None,
+    norm_bias: Tensor | None,
     conv_weight: Tensor,
-    conv_bias: Optional[Tensor],
+    conv_bias: Tensor | None,
     num_groups: int,
     eps: float,
     dtype: torch.dtype,

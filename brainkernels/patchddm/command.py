@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 
 from brainkernels.options import at_least
-from brainkernels.runtime.command import (add_cache_option, add_export_verb, add_model_option, add_subjects_option,
-                                          add_train_verb, add_workers_option)
+from brainkernels.runtime.command import (
+    add_cache_option,
+    add_export_verb,
+    add_model_option,
+    add_subjects_option,
+    add_train_verb,
+    add_workers_option,
+)
 
 
 def _int_list(text: str) -> list[int]:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from brainkernels.atomic import write_csv
+from brainkernels.data.cache import PreparedCache
 from brainkernels.data.command_folders import check_output_folder
 from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject
 from brainkernels.data.volume import Volume, save_nifti
@@ -18,15 +19,14 @@ from brainkernels.errors import BrainkernelsError
 from brainkernels.figures import figure_point, orthogonal_slices, plt, save_figure
 from brainkernels.metrics.segmentation import dice, hausdorff95
 from brainkernels.metrics.undefined import Undefined
-from brainkernels.data.cache import PreparedCache
 from brainkernels.patchddm.data import PreparedSubject, cached_subject, preparation_request, prepare_subject
 from brainkernels.patchddm.infer import Segmentation, sample_members
 from brainkernels.patchddm.train import PatchDDMConfig, load_trained, split_subjects
 from brainkernels.runtime import setup, shipped, teardown
 from brainkernels.runtime.inference import evaluated, run_cohort
 from brainkernels.runtime.prepared import inference_cache_folder, prepared_entries
-from brainkernels.runtime.trainer import DEFAULT_WORKERS
 from brainkernels.runtime.progress import progress
+from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
 FIGURE_CHANNEL = MODALITIES.index("flair")  # the sequence the tumour shows best on
 
@@ -56,7 +56,8 @@ def write_figures(out: Path, subject_id: str, image: torch.Tensor, segmentation:
                                   title=f"{subject_id}: mean tumour probability of {members} member(s), FLAIR"),
                 out / f"{subject_id}_segmentation.png")
     save_figure(orthogonal_slices(image[FIGURE_CHANNEL], point=point, overlay=variance, outlines=outlines,
-                                  overlay_label="ensemble variance", overlay_range=(0.005, max(0.25, float(variance.max()))),
+                                  overlay_label="ensemble variance",
+                                  overlay_range=(0.005, max(0.25, float(variance.max()))),
                                   cmap="viridis", title=f"{subject_id}: uncertainty over {members} member(s), FLAIR"),
                 out / f"{subject_id}_uncertainty.png")
 

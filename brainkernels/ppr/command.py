@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 
 from brainkernels.options import at_least
-from brainkernels.runtime.command import (add_cache_option, add_export_verb, add_model_option, add_subjects_option,
-                                          add_train_verb, add_workers_option)
+from brainkernels.runtime.command import (
+    add_cache_option,
+    add_export_verb,
+    add_model_option,
+    add_subjects_option,
+    add_train_verb,
+    add_workers_option,
+)
 
 
 def _detect(arguments: argparse.Namespace) -> int:
@@ -60,7 +66,8 @@ def register_command(commands) -> None:
     add_train_verb(verbs, PPRConfig, train, help="train on the healthy scans of a CQ500-style cohort",
                    description="Train PPR (or --model ae, the autoencoder baseline) on healthy scans.",
                    data_help="CQ500-style folder (reads.csv, scans/)",
-                   summary=lambda settings, run: f"trained {settings.model} (m={settings.network_size}); run folder: {run}")
+                   summary=lambda settings, run: f"trained {settings.model} (m={settings.network_size}); "
+                                                 f"run folder: {run}")
     add_export_verb(verbs, method=METHOD, method_files=RUN_FILES)
 
     detect = verbs.add_parser("detect", help="anomaly maps (NIfTI + PNG) for scans",

@@ -13,15 +13,15 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from brainkernels.atomic import write_csv
+from brainkernels.data.cache import PreparedCache
 from brainkernels.data.command_folders import check_output_folder
 from brainkernels.data.layouts.common import load_label_map
 from brainkernels.data.layouts.cq500 import MASK_MEANING, CQ500Scan, load_cq500_structures, read_cq500
 from brainkernels.data.volume import Volume, nifti_files_below, save_nifti
 from brainkernels.errors import BrainkernelsError
-from brainkernels.metrics.undefined import Undefined
 from brainkernels.figures import figure_point, orthogonal_slices, plt, save_figure
+from brainkernels.metrics.undefined import Undefined
 from brainkernels.ppr import healthy_reference, reference_grid
-from brainkernels.data.cache import PreparedCache
 from brainkernels.ppr.data import PreparedScan, cached_scan, preparation_request, prepare
 from brainkernels.ppr.healthy_reference import error_maps
 from brainkernels.ppr.infer import Precision
@@ -228,7 +228,8 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
                                             "positives": sum(row[STRUCTURES[name][1]] for row in rows)}
                                            for score in scores for name, value in aurocs[score].items()])
             if curves:
-                save_figure(_roc_figure(curves, f"{settings.model.upper()} (m={settings.network_size}), {len(rows)} held-out scans"),
+                save_figure(_roc_figure(curves, f"{settings.model.upper()} (m={settings.network_size}), "
+                                                f"{len(rows)} held-out scans"),
                             out / "roc.png")
         return aurocs
     finally:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from brainkernels.errors import BrainkernelsError
 from brainkernels.ppr.autoencoder import AutoEncoder, reconstruction_error
 from brainkernels.ppr.data import PreparedScan
-from brainkernels.errors import BrainkernelsError
 from brainkernels.ppr.infer import Precision, anomaly_map
 from brainkernels.runtime import RunFolder, latest_checkpoint
 from brainkernels.runtime.checkpoint import describe_load_error, save_atomically
