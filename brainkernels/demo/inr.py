@@ -25,11 +25,10 @@ def _summary_table(section: Section, results: dict[str, dict[str, Any]]) -> None
                     f"{summary['hc_sigma_cm']:.2f}", f"{summary['hc_r']:.2f}") for name, summary in results.items()])
 
 
-def _sequence(model: str | Path, data: Path, subjects: str, split_seed: int, settings: DemoSettings, out: Path,
-              device: str, quiet: bool) -> tuple[Any, Path]:
+def _sequence(model: str | Path, data: Path, subjects: str, split_seed: int, ages, out: Path, device: str,
+              quiet: bool, **fitting) -> tuple[Any, Path]:
     first, _ = test_pairs(data, split_seed, subjects)[0]
-    predict(model, first.t2w_path, first.age_weeks, settings.ages, out, fit_steps=settings.fit_steps, device=device,
-            quiet=quiet)
+    predict(model, first.t2w_path, first.age_weeks, ages, out, device=device, quiet=quiet, **fitting)
     return first, out / "sequence.png"
 
 
@@ -39,13 +38,18 @@ def _figures(section: Section, first, sequence: Path, evaluation: Path, ages) ->
     section.image(evaluation / "head_circumference.png", "predicted against true head circumference")
 
 
+def _fitting(card: shipped.ShippedCard) -> dict[str, int]:
+    """How the card's evaluation fits a latent: steps and voxels per step."""
+    return {key: card["evaluation"][key] for key in ("fit_steps", "fit_voxels")}
+
+
 def evaluate_shipped(card: shipped.ShippedCard, out: Path, *, device: str = "auto",
                      quiet: bool = False) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """(the card's metrics measured now, the model's and the copy baseline's summaries) of the shipped
     model on the babies of its evaluation cohort scanned twice."""
     data = shipped.evaluation_data(card, out / "data", quiet)
-    results = evaluate(shipped.builtin(card), data, out / "evaluation", fit_steps=card["evaluation"]["fit_steps"],
-                       device=device, quiet=quiet, subjects="all")
+    results = evaluate(shipped.builtin(card), data, out / "evaluation", device=device, quiet=quiet, subjects="all",
+                       **_fitting(card))
     model, copy = results["model"], results[COPY]
     return {"PSNR": model["psnr"], "SSIM": model["ssim"], "PSNR gain over copy input": model["psnr"] - copy["psnr"],
             "SSIM gain over copy input": model["ssim"] - copy["ssim"], "HC correlation r": model["hc_r"]}, results
@@ -57,13 +61,15 @@ def _shipped_section(card: shipped.ShippedCard, settings: DemoSettings, out: Pat
     section = Section(f"INR: the shipped model {model} on a held-out cohort")
     with stages("INR shipped model"):
         measured, results = evaluate_shipped(card, out, device=device, quiet=quiet)
-        first, sequence = _sequence(model, out / "data", "all", 0, settings, out / "sequence", device, quiet)
+        first, sequence = _sequence(model, out / "data", "all", 0, settings.ages, out / "sequence", device, quiet,
+                                    **_fitting(card))
     kind, cohort = shipped.cohort_of(card, "evaluation")
-    fit_steps = card["evaluation"]["fit_steps"]
+    fit_steps, fit_voxels = card["evaluation"]["fit_steps"], card["evaluation"]["fit_voxels"]
     section.text(f"{card['summary']}. {card['intended_use']} Evaluated here on the babies scanned twice of "
                  f"{cohort.subjects} synthetic neonates generated now with seed {cohort.seed} (its training cohort "
                  f"had seed {shipped.cohort_of(card, 'training')[1].seed}: no baby below was seen in training). For "
-                 f"each, a latent is fitted to the first scan ({fit_steps} steps, network fixed) and decoded at the "
+                 f"each, a latent is fitted to the first scan ({fit_steps} steps of {fit_voxels} voxels, network "
+                 "fixed) and decoded at the "
                  "age of the last; the copy-input row scores the first scan itself as the prediction (as if the baby "
                  "had not grown), the baseline a model of development must beat.")
     _summary_table(section, results)
@@ -72,7 +78,8 @@ def _shipped_section(card: shipped.ShippedCard, settings: DemoSettings, out: Pat
     section.text(f"Trained with `{card['training']['command']}` ({card['training']['wall_time']} on "
                  f"{card['training']['hardware']}). Evaluate it yourself: `"
                  + cohorts.command(kind, cohort, "neonatal_held_out") + f"`, `brainkernels inr evaluate --model "
-                 f"{model} --data neonatal_held_out --subjects all --fit-steps {fit_steps} --out evaluation`.")
+                 f"{model} --data neonatal_held_out --subjects all --fit-steps {fit_steps} --fit-voxels {fit_voxels} "
+                 "--out evaluation`.")
     return section
 
 
@@ -96,7 +103,8 @@ def _training_section(settings: DemoSettings, out: Path, stages: Stages, quiet: 
             results = evaluate(run_dir, data, evaluation, fit_steps=settings.fit_steps, device=config.device,
                                quiet=quiet)
             first, sequence = _sequence(run_dir, data, "held-out", load_trained(run_dir).settings.split_seed,
-                                        settings, out / "sequence", config.device, quiet)
+                                        settings.ages, out / "sequence", config.device, quiet,
+                                        fit_steps=settings.fit_steps)
         section.text(f"For each held-out baby, a latent is fitted to the first scan ({settings.fit_steps} steps, "
                      "network fixed) and decoded at the age of the last.")
         _summary_table(section, results)
