@@ -1,6 +1,7 @@
 """The INR auto-decoder's parts: the latent table, SGLA, the test split, latent fitting, and the
 image metrics it is evaluated with."""
 
+import math
 import warnings
 
 import numpy as np
@@ -10,8 +11,8 @@ import torch
 from brainkernels.data.layouts.dhcp import DHCPScan
 from brainkernels.inr.data import ModelInput
 from brainkernels.inr.infer import check_age, fit_latent
-from brainkernels.inr.model import AutoDecoder
-from brainkernels.inr.train import latent_keys, reconstruction_loss, split_test_subjects
+from brainkernels.inr.model import AutoDecoder, bound_norm
+from brainkernels.inr.train import INRConfig, latent_keys, reconstruction_loss, split_test_subjects
 from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
 
 SMALL = dict(dims=2, latent_size=4, width=8, depth=3)
@@ -23,13 +24,29 @@ def batch(indices, points=5):
             "age": torch.full((len(indices),), 0.5), "latent_index": torch.tensor(indices)}
 
 
-def test_latents_start_at_zero_and_stay_within_the_norm_bound():
-    model = AutoDecoder(3, max_norm=0.5, **SMALL)
+@pytest.mark.parametrize(("norm_type", "bounded"), [(2.0, [0.3, 0.4, 0.0, 0.0]), (math.inf, [0.375, 0.5, 0.0, 0.0])])
+def test_latents_start_at_zero_and_stay_within_the_norm_bound(norm_type, bounded):
+    model = AutoDecoder(3, max_norm=0.5, norm_type=norm_type, **SMALL)
     assert model.latents.weight.shape == (4, 4) and not model.latents.weight.any()
     with torch.no_grad():
         model.latents.weight[1] = torch.tensor([3.0, 4.0, 0.0, 0.0])
-    assert torch.linalg.vector_norm(model.latent(1)).item() == pytest.approx(0.5)
+    torch.testing.assert_close(model.latent(1), torch.tensor(bounded))
     assert model.global_index == 3
+
+
+@pytest.mark.parametrize(("norm_type", "bounded"), [(2.0, [0.3, 0.4, 0.0, 0.0]), (math.inf, [0.375, 0.5, 0.0, 0.0])])
+def test_fitted_latents_are_bounded_as_the_table_bounds_its_rows(norm_type, bounded):
+    torch.testing.assert_close(bound_norm(torch.tensor([3.0, 4.0, 0.0, 0.0]), 0.5, norm_type), torch.tensor(bounded))
+    inside = torch.tensor([0.1, -0.2, 0.0, 0.0])
+    assert torch.equal(bound_norm(inside, 0.5, norm_type), inside)
+
+
+def test_only_the_l2_and_linf_bounds_are_accepted():
+    with pytest.raises(ValueError, match="norm_type"):
+        AutoDecoder(2, norm_type=1.0, **SMALL)
+    with pytest.raises(ValueError, match="norm_type"):
+        INRConfig(norm_type=3.0)
+    assert INRConfig().norm_type == math.inf  # the paper's code
 
 
 def test_fused_and_reference_networks_agree():
@@ -69,17 +86,19 @@ def test_test_subjects_have_two_sessions_and_are_held_out_whole():
     assert split_test_subjects(scans[:1], seed=0) == (scans[:1], [])
 
 
-def test_fitting_a_latent_reproduces_an_image_decoded_from_a_known_latent():
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_fitting_a_latent_reproduces_an_image_decoded_from_a_known_latent(norm_type):
     torch.manual_seed(1)
-    model = AutoDecoder(1, **SMALL).requires_grad_(False)
-    known = torch.tensor([0.3, -0.2, 0.1, 0.0])
+    model = AutoDecoder(1, norm_type=norm_type, **SMALL).requires_grad_(False)
+    known = torch.tensor([0.9, -0.8, 0.7, 0.0])  # L2 norm 1.4: reachable only under the L∞ bound
     target = model.network((12, 12), check_age(35.0), known)
     image = ModelInput(target, target > 0, 1.0, np.eye(4))
     fitted = fit_latent(model, image, 35.0, steps=300, lr=1e-2)
     before = torch.mean((model.network((12, 12), check_age(35.0), torch.zeros(4)) - target) ** 2)
     after = torch.mean((model.network((12, 12), check_age(35.0), fitted) - target) ** 2)
-    assert after < before / 4
-    assert torch.linalg.vector_norm(fitted) <= model.max_norm + 1e-6
+    if norm_type == math.inf:
+        assert after < before / 4
+    assert torch.linalg.vector_norm(fitted, ord=norm_type) <= model.max_norm + 1e-6
 
 
 def test_ages_inside_the_range_do_not_warn():

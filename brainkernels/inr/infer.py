@@ -67,7 +67,7 @@ def fit_latent(model: AutoDecoder, scan: ModelInput, age_weeks: float, *, steps:
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            latent.copy_(bound_norm(latent, model.max_norm))
+            latent.copy_(bound_norm(latent, model.max_norm, model.norm_type))
     return latent.detach()
 
 

@@ -5,6 +5,7 @@ than per scan) and SGLA (with probability ``sgla`` a step uses the global latent
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from brainkernels.data.layouts.splits import split_by_subject
 from brainkernels.data.volume import load_nifti
 from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import GRID_FILE, ModelGrid, SampledVoxels, preparation_request
-from brainkernels.inr.model import AutoDecoder
+from brainkernels.inr.model import NORM_TYPES, AutoDecoder
 from brainkernels.runtime import Trainer, TrainerConfig, config, setup, teardown
 from brainkernels.runtime.claim import claimed_run
 from brainkernels.runtime.prepared import cache_folder, prepared_entries
@@ -50,6 +51,8 @@ class INRConfig(TrainerConfig):
     depth: int = field(default=8, metadata={"help": "layers of the MLP"})
     activation: Literal["wire", "siren", "relu"] = field(default="wire", metadata={"help": "activation"})
     max_norm: float = field(default=1.0, metadata={"help": "bound on the norm of every latent"})
+    norm_type: float = field(default=math.inf, metadata={"help": "the norm max_norm bounds: inf (every component, "
+                                                         "as the paper's code) or 2 (the vector's length)"})
     fused: bool = field(default=True, metadata={"help": "fused coordinate-MLP op (false: plain PyTorch MLP)"})
     batch_size: int = field(default=4, metadata={"help": "scans per optimiser step"})
     split_seed: int = field(default=0, metadata={"help": "seed of the choice of held-out test subjects"})
@@ -65,6 +68,8 @@ class INRConfig(TrainerConfig):
             raise ValueError(f"key 'pixel_ratio' must lie in (0, 1]; got {self.pixel_ratio}")
         self.require_at_least(1, "latent_size", "width", "depth")
         self.require_positive("lr", "max_norm")
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"key 'norm_type' must be 2 or inf; got {self.norm_type}")
 
 
 def split_test_subjects(scans: list[DHCPScan], seed: int) -> tuple[list[DHCPScan], list[str]]:
@@ -101,7 +106,7 @@ def model_grid(scans: list[DHCPScan], dims: int) -> ModelGrid:
 def build_model(settings: INRConfig, keys: int) -> AutoDecoder:
     return AutoDecoder(keys, dims=settings.dims, latent_size=settings.latent_size, width=settings.width,
                        depth=settings.depth, activation=settings.activation, max_norm=settings.max_norm,
-                       fused=settings.fused)
+                       norm_type=settings.norm_type, fused=settings.fused)
 
 
 def reconstruction_loss(sgla: float):
