@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from brainkernels.data.layouts.dhcp import DHCPScan
-from brainkernels.inr.data import ModelInput
-from brainkernels.inr.infer import check_age, fit_latent
+from brainkernels.inr.data import ModelGrid, ModelInput, SampledVoxels
+from brainkernels.inr.infer import atlas_latents, check_age, fit_latent
 from brainkernels.inr.model import AutoDecoder, bound_norm
-from brainkernels.inr.train import INRConfig, latent_keys, reconstruction_loss, split_test_subjects
+from brainkernels.inr.train import (INRConfig, latent_keys, reconstruction_loss, split_test_subjects,
+                                    unmirrored_rows)
 from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
+from brainkernels.ops.coordinate_mlp import grid_coordinates
 
 SMALL = dict(dims=2, latent_size=4, width=8, depth=3)
 
@@ -74,8 +76,54 @@ def scan(subject, session, age):
 
 def test_ssl_shares_a_latent_across_a_subjects_scans():
     scans = [scan("a", "1", 30.0), scan("a", "2", 40.0), scan("b", "1", 35.0)]
-    assert latent_keys(scans, ssl=True) == ["a", "b"]
-    assert latent_keys(scans, ssl=False) == ["a/1", "a/2", "b/1"]
+    assert latent_keys(scans, ssl=True, flip=False) == ["a", "b"]
+    assert latent_keys(scans, ssl=False, flip=False) == ["a/1", "a/2", "b/1"]
+
+
+def test_a_mirrored_baby_has_a_latent_of_its_own():
+    scans = [scan("a", "1", 30.0), scan("a", "2", 40.0), scan("b", "1", 35.0)]
+    assert latent_keys(scans, ssl=True, flip=True) == ["a", "b", "a#flip", "b#flip"]
+    assert latent_keys(scans, ssl=False, flip=True) == ["a/1", "a/2", "b/1", "a/1#flip", "a/2#flip", "b/1#flip"]
+
+
+def test_the_mean_latent_is_over_the_real_babies_only():
+    keys = ["a", "b", "a#flip", "b#flip"]
+    model = AutoDecoder(len(keys), **SMALL)
+    with torch.no_grad():
+        model.latents.weight[:4] = torch.tensor([[0.2] * 4, [0.4] * 4, [-0.9] * 4, [-0.9] * 4])
+    assert unmirrored_rows(keys) == [0, 1]
+    atlas = atlas_latents(model, unmirrored_rows(keys))
+    torch.testing.assert_close(atlas["mean"], torch.full((4,), 0.3))
+    assert not atlas["zero"].any()
+
+
+class Prepared:
+    """A cache entry's stand-in: the image and its head voxels."""
+
+    def __init__(self, image):
+        self.arrays = {"image": image, "head": torch.arange(image.numel())}
+
+    def tensor(self, name):
+        return self.arrays[name]
+
+
+def test_flip_mirrors_half_of_the_items_left_right_under_their_own_latent():
+    image = torch.rand(6, 5)
+    grid = ModelGrid((6, 5, 3), (1.0, 1.0, 1.0), 2)
+    voxels = SampledVoxels([Prepared(image)], [scan("a", "1", 30.0)], grid, [0], pixel_ratio=1.0,
+                           foreground_share=0.5, mirrored_index=[1])
+    coordinates = grid_coordinates((6, 5))
+    views = {0: image, 1: torch.flip(image, [0])}  # what latent 0 and latent 1 are trained to show
+    torch.manual_seed(0)
+    seen = []
+    for _ in range(40):
+        item = voxels[0]
+        seen.append(int(item["latent_index"]))
+        at = torch.cdist(item["coords"], coordinates).argmin(dim=1)  # the grid voxel of each coordinate
+        torch.testing.assert_close(item["targets"], views[seen[-1]].reshape(-1)[at])
+    assert 10 < sum(seen) < 30  # about half mirrored
+    unflipped = SampledVoxels([Prepared(image)], [scan("a", "1", 30.0)], grid, [0], 1.0, 0.5)
+    assert {int(unflipped[0]["latent_index"]) for _ in range(10)} == {0}
 
 
 def test_test_subjects_have_two_sessions_and_are_held_out_whole():

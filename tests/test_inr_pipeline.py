@@ -113,9 +113,11 @@ def test_python_api_3d(cohort, run_3d, tmp_path):
     run, settings = run_3d
     trained = load_trained(run)
     assert trained.settings == settings and trained.grid.shape == (SHAPE,) * 3
-    # SSL: one latent per training subject, whole subjects held out for testing, plus the global one.
-    training_subjects = set(trained.keys)
-    assert trained.model.latents.num_embeddings == len(training_subjects) + 1
+    # SSL: one latent per training subject and one per its mirror image (flip), whole subjects held
+    # out for testing, plus the global one.
+    training_subjects = {scan.subject_id for scan in split_test_subjects(read_dhcp(cohort), settings.split_seed)[0]}
+    assert set(trained.keys) == training_subjects | {subject + "#flip" for subject in training_subjects}
+    assert trained.model.latents.num_embeddings == 2 * len(training_subjects) + 1
     results = evaluate(run, cohort, tmp_path / "evaluation", fit_steps=2, fit_voxels=64, quiet=True)
     summary = results["model"]
     assert -1 <= summary["ssim"] <= 1 and summary["psnr"] > 0 and 0 <= summary["mae"] <= 1

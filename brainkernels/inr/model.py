@@ -11,6 +11,7 @@ times tighter and leaves the latents little room to tell subjects apart.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,9 +48,10 @@ class AutoDecoder(nn.Module):
         index = torch.as_tensor(index, device=self.latents.weight.device).reshape(1)
         return self.latents(index)[0]
 
-    def mean_latent(self) -> Tensor:
-        """The mean of the training latents (the global one excluded): the "average" subject."""
-        return self.latents.weight[:-1].mean(dim=0).detach()
+    def mean_latent(self, rows: Sequence[int]) -> Tensor:
+        """The mean of the training latents in ``rows`` (bounded as the table bounds them): the
+        "average" subject."""
+        return self.latents(torch.as_tensor(rows, device=self.latents.weight.device)).mean(dim=0).detach()
 
     def forward(self, coords: Tensor, ages: Tensor, indices: Tensor) -> Tensor:
         """Training: (B, M) intensities at (B, M, dims) ``coords`` of B scans with normalised

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -32,6 +33,7 @@ ARCHITECTURE_KEYS = ("dims", "ssl", "latent_size", "width", "depth", "activation
 LATENTS_FILE = "latents.json"
 PAIRS_FILE = "pairs.csv"  # written into each variant's run by the ablation
 RUN_FILES = (GRID_FILE, LATENTS_FILE, PAIRS_FILE)  # what an INR run writes beside every run's files
+MIRRORED = "#flip"  # suffix of a mirrored baby's latent name
 TEST_FRACTION = 0.2
 """Of the subjects with two or more sessions, held out to test predicting one session from another."""
 
@@ -51,6 +53,8 @@ class INRConfig(TrainerConfig):
     depth: int = field(default=8, metadata={"help": "layers of the MLP"})
     activation: Literal["wire", "siren", "relu"] = field(default="wire", metadata={"help": "activation"})
     max_norm: float = field(default=1.0, metadata={"help": "bound on the norm of every latent"})
+    flip: bool = field(default=True, metadata={"help": "mirror half of the items left-right, each mirrored scan "
+                                              "a baby of its own (latent SUBJECT#flip), as the paper's code"})
     norm_type: float = field(default=math.inf, metadata={"help": "the norm max_norm bounds: inf (every component, "
                                                          "as the paper's code) or 2 (the vector's length)"})
     fused: bool = field(default=True, metadata={"help": "fused coordinate-MLP op (false: plain PyTorch MLP)"})
@@ -83,9 +87,16 @@ def split_test_subjects(scans: list[DHCPScan], seed: int) -> tuple[list[DHCPScan
     return [scan for scan in scans if scan.subject_id not in test], test
 
 
-def latent_keys(scans: list[DHCPScan], ssl: bool) -> list[str]:
-    """The training latents' names, in table order: subject ids (SSL) or ``subject/session``."""
-    return sorted({_latent_key(scan, ssl) for scan in scans})
+def latent_keys(scans: list[DHCPScan], ssl: bool, flip: bool) -> list[str]:
+    """The training latents' names, in table order: subject ids (SSL) or ``subject/session``, then
+    (``flip``) the same names with ``MIRRORED`` appended, the mirrored babies'."""
+    keys = sorted({_latent_key(scan, ssl) for scan in scans})
+    return keys + [key + MIRRORED for key in keys] if flip else keys
+
+
+def unmirrored_rows(keys: Sequence[str]) -> list[int]:
+    """The table rows of the real babies (the mirrored ones are augmentation, not subjects)."""
+    return [row for row, key in enumerate(keys) if not key.endswith(MIRRORED)]
 
 
 def _latent_key(scan: DHCPScan, ssl: bool) -> str:
@@ -131,7 +142,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, 
     distributed = setup(settings.device)
     try:
         training, _ = split_test_subjects(read_dhcp(data), settings.split_seed)
-        keys = latent_keys(training, settings.ssl)
+        keys = latent_keys(training, settings.ssl, settings.flip)
         index = {key: position for position, key in enumerate(keys)}
         grid = model_grid(training, settings.dims)
         # The folder is claimed first: the cache lives in it by default.
@@ -143,9 +154,10 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, 
                     temporary.write_text(json.dumps(keys) + "\n")
             entries = prepared_entries([preparation_request(scan, grid) for scan in training],
                                        PreparedCache(cache_folder(cache, run.root)), distributed, quiet=quiet)
-            dataset = SampledVoxels(entries, training, grid,
-                                    [index[_latent_key(scan, settings.ssl)] for scan in training],
-                                    settings.pixel_ratio, settings.foreground_share)
+            names = [_latent_key(scan, settings.ssl) for scan in training]
+            dataset = SampledVoxels(entries, training, grid, [index[name] for name in names], settings.pixel_ratio,
+                                    settings.foreground_share,
+                                    [index[name + MIRRORED] for name in names] if settings.flip else None)
             trainer = Trainer(
                 method=METHOD, build_model=lambda: build_model(settings, len(keys)),
                 build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),
