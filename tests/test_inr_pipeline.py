@@ -24,6 +24,7 @@ from brainkernels.inr.predict import atlas, predict
 from brainkernels.metrics.image import psnr
 from brainkernels.inr.train import INRConfig, load_trained, model_grid, split_test_subjects, train
 from brainkernels.ops.coordinate_mlp import grid_coordinates
+from brainkernels.runtime import config
 
 SHAPE = 16
 TINY = dict(width=16, depth=3, latent_size=8, batch_size=2, checkpoint_every=100, device="cpu")
@@ -132,6 +133,15 @@ def test_python_api_3d(cohort, run_3d, tmp_path):
     assert image.shape == (SHAPE,) * 3
     np.testing.assert_allclose(image.affine, nib.as_closest_canonical(nib.load(scan)).affine, atol=1e-5)
     assert np.isfinite(image.get_fdata()).all()
+
+
+@pytest.mark.parametrize("preset", ["paper", "small"])
+def test_each_preset_loads_and_trains(cohort, tmp_path, preset):
+    assert preset in config.preset_names(INRConfig)
+    settings = config.load_config(INRConfig, preset, {"steps": 2, "device": "cpu", "workers": 0})
+    assert settings != INRConfig(steps=2, device="cpu", workers=0)  # the preset changed something
+    run = train(cohort, tmp_path / preset, settings, quiet=True)
+    assert load_trained(run).settings == settings
 
 
 def test_ablation_trains_and_tables_the_four_variants(cohort, tmp_path):
