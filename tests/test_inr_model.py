@@ -10,6 +10,7 @@ import torch
 
 from brainkernels.data.layouts.dhcp import DHCPScan
 from brainkernels.inr.data import ModelGrid, ModelInput, SampledVoxels
+from brainkernels.inr.evaluate import head_mask
 from brainkernels.inr.infer import atlas_latents, check_age, fit_latent
 from brainkernels.inr.model import AutoDecoder, bound_norm
 from brainkernels.inr.train import (INRConfig, latent_keys, reconstruction_loss, split_test_subjects,
@@ -165,6 +166,16 @@ def test_image_metrics():
     assert ssim(target, target) == pytest.approx(1.0) and ssim(predicted + np.eye(16) / 2, target) < 1
     with pytest.raises(ValueError, match="differs from target shape"):
         mae(np.zeros(3), np.zeros(4))
+
+
+def test_the_head_mask_spans_scalp_and_brain_across_the_dark_skull_and_breaks_in_the_scalp():
+    y, x = np.mgrid[:64, :64] - 31.5
+    radius, angle = np.hypot(x, y), np.degrees(np.arctan2(y, x)) % 30
+    image = np.where(radius < 10, 0.6, 0.0)  # the brain
+    image[(radius >= 13) & (radius < 15) & (angle > 1.5)] = 0.8  # a thin scalp, broken every 30 degrees
+    head = head_mask(torch.from_numpy(image), (2.5, 2.5, 2.5))
+    assert head[radius < 14.5].all() and not head[radius > 15.5].any()
+    assert head_circumference_cm(head, (2.5, 2.5, 2.5)) == pytest.approx(2 * np.pi * 15 * 0.25, rel=0.05)
 
 
 def test_head_circumference_of_a_disc_and_of_an_ellipse():
