@@ -19,7 +19,8 @@ from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import SampledVoxels, preparation_request, prepare_input
-from brainkernels.inr.evaluate import COPY, ablation, evaluate, load_pair, summarise, test_pairs
+from brainkernels.inr.evaluate import COPY, ablation, evaluate, load_pair, summarise
+from brainkernels.inr.evaluate import test_pairs as pairs_of  # not a test: pytest collects test_* names
 from brainkernels.inr.predict import atlas, predict
 from brainkernels.metrics.image import psnr
 from brainkernels.inr.train import INRConfig, load_trained, model_grid, split_test_subjects, train
@@ -123,7 +124,7 @@ def test_python_api_3d(cohort, run_3d, tmp_path):
     summary = results["model"]
     assert -1 <= summary["ssim"] <= 1 and summary["psnr"] > 0 and 0 <= summary["mae"] <= 1
     # The copy-input baseline scores each pair's first scan as the prediction of its last.
-    pairs = test_pairs(cohort, settings.split_seed)
+    pairs = pairs_of(cohort, settings.split_seed)
     copies = [psnr(first.image, last.image) for _, _, first, last in (load_pair(pair, trained.grid) for pair in pairs)]
     assert results[COPY]["psnr"] == pytest.approx(np.mean(copies), rel=1e-6)
     assert results[COPY]["psnr"] != pytest.approx(summary["psnr"], rel=1e-3)
