@@ -45,7 +45,8 @@ def test_ppr_dense_anomaly_map(compare, device, scale, path):
     group = "PPR dense map, m=16, patch 31: " + (f"256^3 scan (timed on {shape}, tile {tile})" if scale == "full"
                                                  else f"{shape[0]}^3, tile {tile}")
     compare(group, path, lambda: predict_dense(model, volume, tile=tile, **PPR_PATHS[path]),
-            baseline=path.startswith("main"), extrapolate=extrapolate, native_bfloat16=torch.cpu._is_avx512_bf16_supported())
+            baseline=path.startswith("main"), extrapolate=extrapolate,
+            native_bfloat16=torch.cpu._is_avx512_bf16_supported())
 
 
 

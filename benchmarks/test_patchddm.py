@@ -26,8 +26,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brainkernels.patchddm.footprint import (CASES, MONAI, OURS, PAPER_GB, UNFUSED, build_unet, network_step,
-                                             recomputed_forward_passes)
+from brainkernels.patchddm.footprint import (
+    CASES,
+    MONAI,
+    OURS,
+    PAPER_GB,
+    UNFUSED,
+    build_unet,
+    network_step,
+    recomputed_forward_passes,
+)
 from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, RECOMPUTE
 
 CPU_MULT = (1, 3, 4)

@@ -59,5 +59,15 @@ def load_error() -> str | None:
     return str(module)
 
 
+def dtype_code(dtype) -> int:
+    """The compiled kernels' code for the ``torch.dtype`` ``dtype``: the one table of every op,
+    ``csrc/common/dtype.h``, which the module exports as ``dtype_codes``."""
+    codes = load().dtype_codes
+    name = str(dtype).removeprefix("torch.")
+    if name not in codes:
+        raise TypeError(f"dtype must be one of {', '.join(codes)} for the compiled kernels; got {dtype}")
+    return codes[name]
+
+
 def cuda_built() -> bool:
     return available() and bool(load().cuda_built)

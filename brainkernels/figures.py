@@ -8,16 +8,18 @@ import os
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.lines import Line2D
+from scipy import ndimage
 
+from brainkernels.atomic import atomic_path
+from brainkernels.data.orientation import VIEWS, mark_orientation, upright_slice
+
+# Figures are written to files, never shown: the Agg backend needs no display (servers, CI,
+# torchrun workers). Everything in brainkernels that plots imports pyplot from here.
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from scipy import ndimage  # noqa: E402
-
-from brainkernels.data.atomic import atomic_path  # noqa: E402
-from brainkernels.data.orientation import VIEWS, mark_orientation, upright_slice  # noqa: E402
 
 OUTLINE_COLOURS = ("tab:orange", "cyan", "tab:green", "magenta")
 SMOOTHING = 5

@@ -20,7 +20,8 @@ def _triton_version() -> str | None:
 
 
 def _devices() -> list[dict]:
-    devices = [{"device": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}]
+    devices = [{"device": "cpu", "name": platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads()}]
     for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         properties = torch.cuda.get_device_properties(index)
         devices.append({
@@ -91,7 +92,8 @@ def format_report(info: dict) -> str:
         f" (CUDA {info['torch_cuda'] or 'none'})",
         "backends:",
         f"  cpu extension   {cpu}",
-        f"  cpu vectors     {extension.get('cpu_isa', 'n/a')} (set {backends.CPU_ISA_ENV_VAR}={'|'.join(backends.CPU_ISAS)} to force one)",
+        f"  cpu vectors     {extension.get('cpu_isa', 'n/a')}"
+        f" (set {backends.CPU_ISA_ENV_VAR}={'|'.join(backends.CPU_ISAS)} to force one)",
         f"  cuda extension  {cuda}",
         f"  triton          {triton_text}",
         "  reference       yes (plain PyTorch)",
@@ -99,7 +101,8 @@ def format_report(info: dict) -> str:
         "devices:",
     ]
     for device in info["devices"]:
-        details = ", ".join(f"{key} {value}" for key, value in device.items() if key not in ("device", "default_backend"))
+        details = ", ".join(f"{key} {value}" for key, value in device.items()
+                            if key not in ("device", "default_backend"))
         lines.append(f"  {device['device']:<8}{details}; ops run on: {device['default_backend']}")
     lines.append("shipped models (trained on synthetic data; not for clinical use or real scans):"
                  if info["shipped_models"] else "shipped models:  none in this version")

@@ -3,6 +3,7 @@ import torch
 
 from brainkernels import _extension, backends
 
+
 def runnable_backends(device: torch.device) -> list[str]:
     """Backends that can run on ``device`` in this process, the reference included."""
     return [name for name in backends.BACKENDS if backends.unavailable_reason(name, device) is None]

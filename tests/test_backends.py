@@ -20,6 +20,40 @@ def test_cpu_tensors_use_the_cpu_kernels_by_default(monkeypatch):
     assert backends.resolve(CPU) == "cpu"
 
 
+@requires_extension
+def test_one_dtype_code_table_serves_every_op():
+    dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    codes = {dtype: _extension.dtype_code(dtype) for dtype in dtypes}
+    assert sorted(codes.values()) == [0, 1, 2, 3]
+    with pytest.raises(TypeError, match="dtype must be one of float32, float64, float16, bfloat16.*int32"):
+        _extension.dtype_code(torch.int32)
+
+
+# Each op's binding with a code outside the table; no pointer is read before the check.
+_UNKNOWN_CODE_CALLS = {
+    "extract_patches3d": lambda c, code: c.extract_patches3d_forward_cpu(0, code, [1, 1, 1, 1], [1, 1, 1, 1], 0, 0,
+                                                                          1, 0, 0, 1),
+    "group_norm_silu": lambda c, code: c.group_norm_silu_moments_cpu(code, [1, 1, 1], 1, 0, [0, 0, 0], 0, [0, 0, 0],
+                                                                      0, 0, 1),
+    "coordinate_mlp": lambda c, code: c.coordinate_mlp_scratch_elements(
+        (3, 8, 2, 0, 10.0, 10.0, True), ([1, 1, 1], 0, [0, 0], [0.0] * 3, [1.0] * 3, code, 32), False),
+}
+
+
+@requires_extension
+@pytest.mark.parametrize("op", _UNKNOWN_CODE_CALLS)
+def test_kernels_reject_an_unknown_dtype_code(op):
+    with pytest.raises(ValueError, match=f"{op}: unknown dtype code 7"):
+        _UNKNOWN_CODE_CALLS[op](_extension.load(), 7)
+
+
+@requires_extension
+def test_patch_gradients_of_a_half_dtype_are_refused_by_the_kernel():
+    grad_code = _extension.dtype_code(torch.float16)  # the op casts to float32/float64 before the kernel
+    with pytest.raises(ValueError, match="extract_patches3d: the backward takes float32 or float64"):
+        _extension.load().extract_patches3d_backward_cpu(0, grad_code, [1, 1, 1, 1], 0, 0, 1, 0, 1)
+
+
 def test_use_backend_nests_and_restores(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     with use_backend("reference"):

@@ -1,13 +1,23 @@
-"""The prepared-volume cache: hits, rebuilds on a changed source or setting, atomic builds."""
+"""The prepared-volume cache: hits, rebuilds on a changed source or setting, atomic builds, one
+builder under torchrun."""
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from brainkernels.data import cache as cache_module
 from brainkernels.data.cache import PreparedCache, Request
+from brainkernels.data.layouts.cq500 import read_cq500
+from brainkernels.data.synth.cohort import write_cohort
+from brainkernels.data.volume import load_nifti, save_nifti
 from brainkernels.errors import BrainkernelsError
+from brainkernels.ppr.train import healthy_split
 from brainkernels.runtime import Distributed
 from brainkernels.runtime.prepared import prepared_entries
 
@@ -126,3 +136,37 @@ def test_entries_missing_on_another_rank_are_reported(tmp_path, source):
     not_main = Distributed(rank=1, world_size=1, device=None)  # world of one: no barrier to wait at
     with pytest.raises(BrainkernelsError, match="missing after rank 0 built it"):
         prepared_entries([CountingPreparation(source).request()], PreparedCache(tmp_path / "c"), not_main, quiet=True)
+
+
+def _ppr_train_under_torchrun(data, out, cwd, log) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(Path(__file__).with_name("torchrun_cache.py")), "ppr", "train", "--data", str(data), "--out", str(out),
+         "--network-size", "2", "--patch", "19", "--patches-per-step", "8", "--steps", "2", "--batch-size", "2",
+         "--workers", "0", "--device", "cpu", "--quiet"],
+        capture_output=True, text=True, timeout=300, cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "BUILD_LOG": str(log)})
+
+
+def test_two_processes_train_from_an_empty_cache(tmp_path):
+    write_cohort("cq500", tmp_path / "data", subjects=6, shape=24, seed=1)
+    training, _ = healthy_split(read_cq500(tmp_path / "data").scans, 0)
+    log = tmp_path / "builds.log"
+    result = _ppr_train_under_torchrun(tmp_path / "data", tmp_path / "run", tmp_path, log)
+    assert result.returncode == 0, result.stderr[-4000:]
+    builds = [line.split() for line in log.read_text().splitlines()]
+    assert {rank for rank, _ in builds} == {"0"} and len({key for _, key in builds}) == len(builds) == len(training)
+    cache = tmp_path / "run" / "cache"
+    assert sorted(path.name for path in cache.iterdir()) == sorted(key for _, key in builds)  # no leftovers
+    mapped = [json.loads((tmp_path / f"entries-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert mapped[0] == mapped[1] and sorted(mapped[0]) == sorted(key for _, key in builds)
+
+
+def test_a_scan_rank_0_cannot_prepare_stops_both_ranks_with_its_error(tmp_path):
+    write_cohort("cq500", tmp_path / "data", subjects=6, shape=24, seed=1)
+    training, _ = healthy_split(read_cq500(tmp_path / "data").scans, 0)
+    blank = load_nifti(training[-1].path)
+    save_nifti(blank.with_data(torch.full_like(blank.data, -1000.0)), training[-1].path)  # air only
+    result = _ppr_train_under_torchrun(tmp_path / "data", tmp_path / "run", tmp_path, tmp_path / "builds.log")
+    assert result.returncode != 0
+    assert result.stderr.count(f"{training[-1].path}: the scan is all background") == 2, result.stderr[-4000:]

@@ -15,7 +15,7 @@ def run(*argv: str, cwd) -> subprocess.CompletedProcess:
 def test_help_on_every_level(tmp_path):
     top = run("--help", cwd=tmp_path)
     assert top.returncode == 0 and "info" in top.stdout
-    for name, action in cli.build_parser()._subparsers._group_actions[0].choices.items():
+    for name, _action in cli.build_parser()._subparsers._group_actions[0].choices.items():
         result = run(name, "--help", cwd=tmp_path)
         assert result.returncode == 0 and "usage: brainkernels " + name in result.stdout
 

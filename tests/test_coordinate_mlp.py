@@ -238,7 +238,7 @@ def test_no_voxels(device, backend):
 def test_opcheck(device, backend, mode):
     model, latent = network(3, "wire", width=16, depth=3, device=device)
     weights, biases = model.weights_and_biases()
-    from brainkernels.ops.coordinate_mlp import _pack
+    from brainkernels.ops.coordinate_mlp.api import _pack
 
     packed = _pack(0.3, latent, weights, biases, 3, 2).detach().requires_grad_()
     coords = None
@@ -527,7 +527,9 @@ SENTINEL = 12345.0
 
 @requires_extension
 def test_cpu_kernels_stay_inside_their_buffers():
-    from brainkernels.ops.coordinate_mlp import _network_tuple, _pack, _spec, _voxels_tuple
+    from brainkernels.ops.coordinate_mlp.api import _pack
+    from brainkernels.ops.coordinate_mlp.cpu import _network_tuple, _voxels_tuple
+    from brainkernels.ops.coordinate_mlp.op import _spec
 
     kernels = _extension.load()
     for activation, code in (("wire", 0), ("siren", 1), ("relu", 2)):  # one layout on both sides
@@ -605,7 +607,9 @@ BAD_INPUTS = [
     ("int weights", lambda a: dict(weights=[w.int() for w in a["weights"]]), TypeError,
      "weights must be float32, bfloat16 or float64"),
     ("activation", lambda a: dict(activation="tanh"), ValueError, "activation must be one of"),
-    ("omega", lambda a: dict(omega=float("inf")), TypeError, "omega must be a finite real"),
+    ("omega", lambda a: dict(omega=float("inf")), ValueError, "omega must be a finite real"),
+    ("omega type", lambda a: dict(omega="10"), TypeError, "omega must be a finite real"),
+    ("scale bool", lambda a: dict(scale=True), TypeError, "scale must be a finite real"),
     ("residual", lambda a: dict(residual=1), TypeError, "residual must be a bool"),
     ("block size", lambda a: dict(block_size=0), ValueError, "block_size must be None or an int"),
 ]
@@ -628,6 +632,11 @@ def test_bad_module_configuration_names_the_argument():
         ReferenceCoordinateMLP(depth=1)
     with pytest.raises(ValueError, match="activation must be one of"):
         CoordinateMLP(activation="gelu")
+    # The same checks as the op's, with the same exception types.
+    with pytest.raises(ValueError, match="omega must be a finite real"):
+        CoordinateMLP(omega=float("nan"))
+    with pytest.raises(TypeError, match="scale must be a finite real"):
+        ReferenceCoordinateMLP(scale="10")
     with pytest.raises(ValueError, match="first layer residual"):
         CoordinateMLP(dims=3, latent_size=124, width=128)
     CoordinateMLP(dims=3, latent_size=124, width=128, residual=False, device="meta")

@@ -184,8 +184,8 @@ def test_property_cpu_kernels_stay_inside_their_buffers(shape, size, raw_centers
     count, margin = centers.shape[0] * shape[0] * size**3, 64
     out = torch.full((count + 2 * margin,), SENTINEL)
     kernels.extract_patches3d_forward_cpu(
-        volume.data_ptr(), 4, list(shape), list(volume.stride()), centers.data_ptr(), centers.shape[0], size,
-        0, out[margin:].data_ptr(), 2,
+        volume.data_ptr(), _extension.dtype_code(volume.dtype), list(shape), list(volume.stride()),
+        centers.data_ptr(), centers.shape[0], size, 0, out[margin:].data_ptr(), 2,
     )
     patches = out[margin:-margin].view(centers.shape[0], shape[0], size, size, size)
     assert not torch.isnan(patches).any()
@@ -195,8 +195,8 @@ def test_property_cpu_kernels_stay_inside_their_buffers(shape, size, raw_centers
     grad_out = torch.full((volume.numel() + 2 * margin,), SENTINEL)
     grad_out[margin:-margin] = 0
     kernels.extract_patches3d_backward_cpu(
-        patches.data_ptr(), False, list(shape), centers.data_ptr(), centers.shape[0], size,
-        grad_out[margin:].data_ptr(), 2,
+        patches.data_ptr(), _extension.dtype_code(patches.dtype), list(shape), centers.data_ptr(), centers.shape[0],
+        size, grad_out[margin:].data_ptr(), 2,
     )
     assert (grad_out[:margin] == SENTINEL).all() and (grad_out[-margin:] == SENTINEL).all()
 
@@ -206,8 +206,10 @@ BAD_INPUTS = [
     ("rank", dict(volume=torch.zeros(4, 4, 4)), ValueError, r"volume must have shape \(C, D, H, W\)"),
     ("int volume", dict(volume=torch.zeros(1, 4, 4, 4, dtype=torch.int32)), TypeError, "volume must be float"),
     ("centers type", dict(centers=[[1, 2, 3]]), TypeError, "centers must be a torch.Tensor"),
-    ("centers shape", dict(centers=torch.zeros(4, 2, dtype=torch.long)), ValueError, r"centers must have shape \(N, 3\)"),
-    ("centers device", dict(centers=torch.zeros(1, 3, dtype=torch.long, device="meta")), ValueError, "centers are on meta"),
+    ("centers shape", dict(centers=torch.zeros(4, 2, dtype=torch.long)), ValueError,
+     r"centers must have shape \(N, 3\)"),
+    ("centers device", dict(centers=torch.zeros(1, 3, dtype=torch.long, device="meta")), ValueError,
+     "centers are on meta"),
     ("centers bool", dict(centers=torch.zeros(1, 3, dtype=torch.bool)), TypeError, "centers must hold integer"),
     ("centers fraction", dict(centers=torch.tensor([[1.5, 2.0, 3.0]])), ValueError, "centers must be integer voxel"),
     ("centers nan", dict(centers=torch.tensor([[float("nan"), 2.0, 3.0]])), ValueError, "centers contain NaN"),
@@ -222,7 +224,8 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("name,override,error,message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
 def test_bad_input_names_the_argument(name, override, error, message):
-    arguments = dict(volume=torch.zeros(1, 4, 4, 4), centers=torch.zeros(1, 3, dtype=torch.long), size=3, padding_value=0.0)
+    arguments = dict(volume=torch.zeros(1, 4, 4, 4), centers=torch.zeros(1, 3, dtype=torch.long), size=3,
+                     padding_value=0.0)
     arguments.update(override)
     with pytest.raises(error, match=message):
         extract_patches3d(**arguments)
@@ -243,7 +246,8 @@ def test_opcheck(device, backend, size):
     grad = torch.randn(4, 2, size, size, size, dtype=torch.float64, generator=generator).to(device)
     with use_backend(backend):
         torch.library.opcheck(torch.ops.brainkernels.extract_patches3d.default, (volume, centers, size, 0.5))
-        torch.library.opcheck(torch.ops.brainkernels.extract_patches3d_backward.default, (grad, centers, size, [2, 6, 7, 5]))
+        torch.library.opcheck(torch.ops.brainkernels.extract_patches3d_backward.default,
+                              (grad, centers, size, [2, 6, 7, 5]))
 
 
 class PatchScorer(torch.nn.Module):

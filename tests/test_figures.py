@@ -5,14 +5,20 @@ truth, colour bars; metrics that cannot be computed print their reason, never "n
 from __future__ import annotations
 
 import csv
+import os
 import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 
-from brainkernels.data.atomic import write_csv
+import brainkernels
+from brainkernels.atomic import write_csv
 from brainkernels.data.orientation import EDGE_LETTERS, VIEWS, upright_slice
 from brainkernels.figures import figure_point, orthogonal_slices
 from brainkernels.inr.evaluate import summarise
@@ -63,7 +69,8 @@ def test_slices_carry_their_edge_letters_colour_bar_and_outlines():
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["outline: true finding"]
     plt.close(figure)
     figure = orthogonal_slices(head * 1.0, point=figure_point(head), outlines={"segmentation": np.zeros(SHAPE)})
-    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["outline: segmentation (not in these slices)"]
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["outline: segmentation "
+                                                                           "(not in these slices)"]
     plt.close(figure)
 
 
@@ -116,3 +123,19 @@ def test_metrics_that_cannot_be_computed_say_why():
     assert f"{summarise(rows[:1])['hc_sigma_cm']:.2f}" == "needs ≥ 2 held-out babies"
     empty, full = np.zeros((4, 4, 4), bool), np.ones((4, 4, 4), bool)
     assert str(hausdorff95(empty, full)) == "one mask is empty"
+
+
+def test_figures_select_the_agg_backend_even_when_the_environment_names_another():
+    code = "import matplotlib, brainkernels.figures; print(matplotlib.get_backend())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "MPLBACKEND": "pdf"})
+    assert result.stdout.strip().lower() == "agg"
+
+
+def test_only_brainkernels_figures_imports_pyplot_or_selects_a_backend():
+    package = Path(brainkernels.__file__).parent
+    offenders = [str(path.relative_to(package)) for path in sorted(package.rglob("*.py"))
+                 if path.name != "figures.py" or path.parent != package
+                 if re.search(r"^\s*(import matplotlib\.pyplot|from matplotlib import pyplot|matplotlib\.use\()",
+                              path.read_text(), re.MULTILINE)]
+    assert offenders == [], "import pyplot as `from brainkernels.figures import plt`"

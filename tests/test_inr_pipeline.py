@@ -14,16 +14,16 @@ import torch
 
 from brainkernels.cli import main
 from brainkernels.data.cache import PreparedCache
-from brainkernels.data.volume import load_nifti
 from brainkernels.data.layouts.dhcp import read_dhcp, scans_by_subject
 from brainkernels.data.synth.cohort import write_cohort
+from brainkernels.data.volume import load_nifti
 from brainkernels.errors import BrainkernelsError
+from brainkernels.inr import evaluate as inr_evaluate
 from brainkernels.inr.data import SampledVoxels, preparation_request, prepare_input
 from brainkernels.inr.evaluate import COPY, ablation, evaluate, load_pair, summarise
-from brainkernels.inr.evaluate import test_pairs as pairs_of  # not a test: pytest collects test_* names
 from brainkernels.inr.predict import atlas, predict
-from brainkernels.metrics.image import psnr
 from brainkernels.inr.train import INRConfig, load_trained, model_grid, split_test_subjects, train
+from brainkernels.metrics.image import psnr
 from brainkernels.ops.coordinate_mlp import grid_coordinates
 from brainkernels.runtime import config
 
@@ -124,7 +124,7 @@ def test_python_api_3d(cohort, run_3d, tmp_path):
     summary = results["model"]
     assert -1 <= summary["ssim"] <= 1 and summary["psnr"] > 0 and 0 <= summary["mae"] <= 1
     # The copy-input baseline scores each pair's first scan as the prediction of its last.
-    pairs = pairs_of(cohort, settings.split_seed)
+    pairs = inr_evaluate.test_pairs(cohort, settings.split_seed)  # imported by name it would be collected
     copies = [psnr(first.image, last.image) for _, _, first, last in (load_pair(pair, trained.grid) for pair in pairs)]
     assert results[COPY]["psnr"] == pytest.approx(np.mean(copies), rel=1e-6)
     assert results[COPY]["psnr"] != pytest.approx(summary["psnr"], rel=1e-3)
@@ -155,8 +155,9 @@ def test_ablation_trains_and_tables_the_four_variants(cohort, tmp_path):
     table = (tmp_path / "ablation.csv").read_text().splitlines()
     assert table[0].startswith("variant,ssl,sgla,psnr") and len(table) == 6 and table[-1].startswith(f"{COPY},,,")
     assert (tmp_path / "head_circumference.png").is_file()
-    training = split_test_subjects(read_dhcp(cohort), 0)[0]
-    assert len(list((tmp_path / "cache").iterdir())) == len(training)  # prepared once for the four variants
+    training, pairs = split_test_subjects(read_dhcp(cohort), 0)[0], inr_evaluate.test_pairs(cohort, 0)
+    # The training scans and the evaluated pairs, each prepared once for the four variants.
+    assert len(list((tmp_path / "cache").iterdir())) == len(training) + 2 * len(pairs)
 
 
 def test_ages_outside_the_trained_range_warn(cohort, run_3d, tmp_path):

@@ -12,14 +12,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from brainkernels.data.cache import PreparedCache
 from brainkernels.data.layouts.brats import read_brats
+from brainkernels.data.sampling import center_weighted_patch_starts
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.errors import BrainkernelsError
 from brainkernels.metrics.segmentation import dice, hausdorff95
-from brainkernels.data.cache import PreparedCache
-from brainkernels.data.sampling import center_weighted_patch_starts
-from brainkernels.patchddm.data import (TrainingSamples, coordinate_channels, half_resolution, network_input,
-                                        pad_to_multiple, preparation_request, prepare_subject)
+from brainkernels.patchddm.data import (
+    TrainingSamples,
+    coordinate_channels,
+    half_resolution,
+    network_input,
+    pad_to_multiple,
+    preparation_request,
+    prepare_subject,
+)
 from brainkernels.patchddm.diffusion import Diffusion, signal_to_probability
 from brainkernels.patchddm.evaluate import evaluate, segment
 from brainkernels.patchddm.train import PatchDDMConfig, load_trained, split_subjects, train

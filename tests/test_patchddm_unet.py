@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from brainkernels.memory import measure_peak
-from brainkernels.nn import GroupNormSiLUConv
-from brainkernels.nn import norm_act_conv
+from brainkernels.nn import GroupNormSiLUConv, norm_act_conv
 from brainkernels.nn.norm_act_conv import group_norm_silu_conv
 from brainkernels.patchddm.unet import DiffusionUNet, timestep_embedding
 

@@ -11,17 +11,17 @@ import pytest
 import torch
 
 from brainkernels.data.cache import PreparedCache
+from brainkernels.data.layouts.cq500 import read_cq500
 from brainkernels.data.preprocess import equalize_ct
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.data.volume import load_nifti, save_nifti
 from brainkernels.errors import BrainkernelsError
-from brainkernels.data.layouts.cq500 import read_cq500
+from brainkernels.ops import extract_patches3d
 from brainkernels.ppr import evaluate as ppr_evaluate
 from brainkernels.ppr import healthy_reference
-from brainkernels.ops import extract_patches3d
 from brainkernels.ppr.data import PositionPatches, near_foreground, preparation_request, prepare
-from brainkernels.ppr.infer import normalised_positions
 from brainkernels.ppr.evaluate import MAX_ERROR, VS_HEALTHY, detect, evaluate
+from brainkernels.ppr.infer import normalised_positions
 from brainkernels.ppr.train import PPRConfig, load_trained, train
 from brainkernels.runtime import RunFolder
 
@@ -55,7 +55,8 @@ def test_cached_training_patches_equal_the_uncached_preparation(cohort, tmp_path
 
 def test_command_line_train_detect_evaluate(cohort, tmp_path):
     run = tmp_path / "run"
-    trained = brainkernels("ppr", "train", "--data", str(cohort), "--out", str(run), "--network-size", "2", "--patch", "19",
+    trained = brainkernels("ppr", "train", "--data", str(cohort), "--out", str(run),
+                           "--network-size", "2", "--patch", "19",
                            "--steps", "6", "--patches-per-step", "32", "--checkpoint-every", "3", "--device", "cpu",
                            "--quiet", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
@@ -90,7 +91,8 @@ def test_anomaly_figures_cut_through_and_outline_the_true_finding(cohort, monkey
     truth = ppr_evaluate._true_findings(cohort / "masks", scan)
     assert "true haemorrhage" in truth
     drawn = []
-    monkeypatch.setattr(ppr_evaluate, "orthogonal_slices", lambda image, point, **options: drawn.append((point, options)))
+    monkeypatch.setattr(ppr_evaluate, "orthogonal_slices",
+                        lambda image, point, **options: drawn.append((point, options)))
     error = torch.zeros(scan.mask.shape)
     error[tuple(torch.nonzero(scan.mask)[0])] = 100  # the map's maximum: one voxel at the head's edge
     ppr_evaluate.anomaly_figure(scan, error, "error vs healthy scans", "SD", truth)
@@ -126,8 +128,8 @@ def test_python_api_with_the_autoencoder_baseline(cohort, tmp_path):
 
 
 def test_bad_inputs_are_refused(cohort, tmp_path):
-    run = train(cohort, tmp_path / "run", PPRConfig(network_size=1, patch=19, steps=1, patches_per_step=8, device="cpu"),
-                quiet=True)
+    run = train(cohort, tmp_path / "run",
+                PPRConfig(network_size=1, patch=19, steps=1, patches_per_step=8, device="cpu"), quiet=True)
     wrong_shape = tmp_path / "small.nii.gz"
     head = np.pad(np.random.default_rng(0).uniform(0, 80, (12, 12, 12)), 4, constant_values=-1000)
     nib.save(nib.Nifti1Image(head.astype(np.float32), np.eye(4)), wrong_shape)

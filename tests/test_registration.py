@@ -76,7 +76,8 @@ def test_the_command_writes_scans_transforms_figures_and_flags_failures(head, tm
     save_nifti(target, tmp_path / "in" / "moved.nii.gz")
     save_nifti(Volume(torch.full_like(head.data, -1000.0).index_fill_(3, torch.tensor([30]), 500.0), head.affine),
                tmp_path / "in" / "unrelated.nii.gz")
-    status = cli.main(["register", "--in", str(tmp_path / "in"), "--reference", str(tmp_path / "in" / "reference.nii.gz"),
+    status = cli.main(["register", "--in", str(tmp_path / "in"),
+                       "--reference", str(tmp_path / "in" / "reference.nii.gz"),
                        "--out", str(tmp_path / "out"), "--workers", "1", "--quiet"])
     assert status == 1
     assert "unrelated.nii.gz: failed: similarity" in capsys.readouterr().err
@@ -98,10 +99,12 @@ def test_preprocess_registers_before_resampling(head, tmp_path):
     save_nifti(target, tmp_path / "in" / "moved.nii.gz")
     common = ["preprocess", "--pipeline", "ct", "--in", str(tmp_path / "in"), "--spacing", "3.5", "--shape", str(SHAPE),
               "--quiet"]
-    assert cli.main([*common, "--out", str(tmp_path / "registered"), "--register-to", str(tmp_path / "reference.nii.gz")]) == 0
+    assert cli.main([*common, "--out", str(tmp_path / "registered"),
+                     "--register-to", str(tmp_path / "reference.nii.gz")]) == 0
     assert cli.main([*common, "--out", str(tmp_path / "plain")]) == 0
     save_nifti(head, tmp_path / "reference_in" / "reference.nii.gz", dtype=np.int16)
-    assert cli.main([*common[:4], str(tmp_path / "reference_in"), *common[5:], "--out", str(tmp_path / "expected")]) == 0
+    assert cli.main([*common[:4], str(tmp_path / "reference_in"), *common[5:],
+                     "--out", str(tmp_path / "expected")]) == 0
     expected = load_nifti(tmp_path / "expected" / "reference.nii.gz").data
     registered = load_nifti(tmp_path / "registered" / "moved.nii.gz").data
     plain = load_nifti(tmp_path / "plain" / "moved.nii.gz").data
@@ -112,7 +115,8 @@ def test_bad_invocations_are_one_line_errors(head, tmp_path, capsys):
     save_nifti(head, tmp_path / "in" / "scan.nii.gz", dtype=np.int16)
     common = ["register", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
     assert cli.main([*common, "--reference", str(tmp_path / "missing.nii.gz")]) == 2
-    assert capsys.readouterr().err == f"brainkernels register: error: --reference {tmp_path / 'missing.nii.gz'}: no such file\n"
+    assert capsys.readouterr().err == ("brainkernels register: error: "
+                                       f"--reference {tmp_path / 'missing.nii.gz'}: no such file\n")
     assert cli.main([*common, "--reference", str(tmp_path / "in" / "scan.nii.gz"), "--workers", "0"]) == 2
     assert "--workers must be at least 1; got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -195,3 +195,40 @@ def test_cohort_inputs_load_in_workers_in_order_and_errors_stay_one_line(workers
         run_cohort([1, 2, 3, 4], lambda loaded: loaded, alone, description="toy", load=_square_or_refuse,
                    workers=workers, quiet=True)
     assert str(raised.value) == "scan-3: not a readable NIfTI file"
+
+
+FULL_TEMPORARY_FOLDER = """
+import errno, os, sys, tempfile
+real_mkdtemp = tempfile.mkdtemp
+
+def full(*args, dir=None, **kwargs):  # the system temporary folder is full; other folders are not
+    if dir is None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_mkdtemp(*args, dir=dir, **kwargs)
+
+tempfile.mkdtemp = full
+sys.path.insert(0, {tests!r})
+from brainkernels.runtime import Distributed
+from brainkernels.runtime.inference import run_cohort
+import toy_training
+what = sys.argv[1]
+try:
+    if what == "training":
+        toy_training.main(["--out", "run", "--steps", "2", "--batch-size", "8", "--device", "cpu", "--workers", "2"])
+    else:
+        run_cohort([1, 2, 3], float, Distributed(0, 1, None), description="toy", load=toy_training.torch.ones,
+                   workers=2, quiet=True)
+except Exception as error:
+    print(f"{{type(error).__name__}}: {{error}}")
+"""
+
+
+@pytest.mark.parametrize("what", ["training", "inference"])
+def test_loader_workers_without_a_temporary_folder_stop_with_an_error(tmp_path, what):
+    # Formerly the workers' samples were lost in their queue threads and the command waited forever.
+    script = FULL_TEMPORARY_FOLDER.format(tests=str(TOY.parent))
+    result = subprocess.run([sys.executable, "-c", script, what], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.stdout.startswith("BrainkernelsError: the loader workers cannot make their temporary folder "
+                                    "([Errno 28] No space left on device)"), result.stdout + result.stderr[-2000:]
+    assert "--workers 0" in result.stdout

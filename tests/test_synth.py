@@ -18,19 +18,22 @@ from scipy import ndimage
 from brainkernels.data.synth import (
     KINDS,
     HeadFindings,
+    anatomy,
+    cq500,
+    dhcp,
     draw_findings,
     draw_subject,
     draw_tumour,
     head_circumference_cm,
     measure_circumference_mm,
     read_cohort,
+    readers,
     render_brats,
     render_ct,
     render_neonate,
     write_cohort,
     write_figures,
 )
-from brainkernels.data.synth import anatomy, cq500, dhcp, readers
 from brainkernels.data.synth.command import KIND_HELP, register_command
 from brainkernels.data.synth.ct import MASK_LABELS, STRUCTURE_LABELS, Fracture, Haemorrhage
 from brainkernels.data.synth.grid import ADULT_FOV_MM

@@ -14,8 +14,8 @@ import torch
 from torch.distributed.run import get_args_parser
 
 from brainkernels import cli
-from brainkernels.ppr.train import PPRConfig
 from brainkernels.errors import BrainkernelsError
+from brainkernels.ppr.train import PPRConfig
 from brainkernels.runtime import checkpoint, config
 
 README = Path(__file__).parents[1] / "README.md"

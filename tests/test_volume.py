@@ -12,9 +12,10 @@ from brainkernels.data import volume as volume_module
 from brainkernels.data.volume import Volume, load_nifti, save_nifti, stack_modalities
 
 LPS = np.array([[-2.0, 0, 0, 30], [0, -1.0, 0, 40], [0, 0, 3.0, -5], [0, 0, 0, 1]])
+IDENTITY = np.eye(4)
 
 
-def write(path, array, affine=np.eye(4)):
+def write(path, array, affine=IDENTITY):
     nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), affine), path)
     return path
 
@@ -94,6 +95,13 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_nifti(volume, tmp_path / "out.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_atomic_writers_keep_their_old_import_path():
+    from brainkernels import atomic
+    from brainkernels.data import atomic as old_path
+
+    assert (old_path.atomic_path, old_path.write_csv) == (atomic.atomic_path, atomic.write_csv)
 
 
 def test_modalities_must_share_shape_and_affine(tmp_path):

@@ -1,4 +1,4 @@
-"""torch Datasets over the records of ``brainkernels.data.layouts``; each item loads one scan.
+"""A torch Dataset over the dHCP records of ``brainkernels.data.layouts``; each item loads one scan.
 
 An item is a dict of tensors and id strings, so a DataLoader's default collate batches it.
 ``transform`` (Volume -> Volume) is applied to the image and ``label_transform`` to masks and
@@ -10,107 +10,15 @@ neighbours). ``affine`` is the image's affine after ``transform``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
 
-from brainkernels.data.layouts.brats import BraTSSubject, load_brats_image, load_brats_seg, whole_tumour
 from brainkernels.data.layouts.common import require_same_grid
-from brainkernels.data.layouts.cq500 import CQ500Scan, load_cq500_mask
 from brainkernels.data.layouts.dhcp import DHCPScan, load_dhcp_mask
 from brainkernels.data.volume import Volume, load_nifti
 
 Transform = Callable[[Volume], Volume]
-CQ500_LABELS = ("left_bleed", "right_bleed", "fracture")
-"""Order of the entries of a CQ500 item's ``labels``."""
-
-
-class CQ500Dataset(Dataset):
-    """Head CTs with their majority-vote labels.
-
-    Item: ``name``, ``image`` (1, D, H, W) float32, ``affine`` (4, 4) float64, ``labels`` (3,)
-    float32 in ``CQ500_LABELS`` order, and with ``with_masks`` a ``mask`` (1, D, H, W) int64
-    (0 none, 1 haemorrhage, 2 fracture). ``healthy_only`` keeps the scans PPR trains on.
-    """
-
-    def __init__(
-        self,
-        scans: Sequence[CQ500Scan],
-        *,
-        healthy_only: bool = False,
-        with_masks: bool = False,
-        transform: Transform | None = None,
-        label_transform: Transform | None = None,
-    ) -> None:
-        self.scans = tuple(scan for scan in scans if scan.healthy or not healthy_only)
-        if not self.scans:
-            raise ValueError("CQ500Dataset: no " + ("healthy scans" if healthy_only else "scans") + " given")
-        if with_masks:
-            _require_all(self.scans, "mask_path", lambda scan: f"scan {scan.name!r} has no mask")
-        self.with_masks = with_masks
-        self.transform = transform
-        self.label_transform = label_transform
-
-    def __len__(self) -> int:
-        return len(self.scans)
-
-    def __getitem__(self, index: int) -> dict:
-        scan = self.scans[index]
-        image = load_nifti(scan.path)
-        item = {"name": scan.name}
-        if self.with_masks:
-            mask = load_cq500_mask(scan)
-            require_same_grid(image, mask)
-            item["mask"] = _apply(self.label_transform, mask).data.round().long()
-        item.update(_image_entries(_apply(self.transform, image)))
-        item["labels"] = torch.tensor([float(getattr(scan, label)) for label in CQ500_LABELS])
-        return item
-
-
-class BraTSDataset(Dataset):
-    """Four-channel MR (T1, T1ce, T2, FLAIR) with, by ``labels``, the whole-tumour mask (what
-    PatchDDM segments), the BraTS label map, or nothing (validation subjects have no labels).
-
-    Item: ``subject_id``, ``image`` (4, D, H, W) float32, ``affine`` (4, 4) float64, and
-    ``whole_tumour`` (1, D, H, W) float32 0/1 or ``seg`` (1, D, H, W) int64 (0, 1, 2, 4).
-    """
-
-    def __init__(
-        self,
-        subjects: Sequence[BraTSSubject],
-        *,
-        labels: Literal["whole_tumour", "seg"] | None = "whole_tumour",
-        transform: Transform | None = None,
-        label_transform: Transform | None = None,
-    ) -> None:
-        if labels not in ("whole_tumour", "seg", None):
-            raise ValueError(f"labels must be 'whole_tumour', 'seg' or None; got {labels!r}")
-        self.subjects = tuple(subjects)
-        if not self.subjects:
-            raise ValueError("BraTSDataset: no subjects given")
-        if labels is not None:
-            _require_all(
-                self.subjects, "seg", lambda s: f"subject {s.subject_id!r} has no segmentation; use labels=None"
-            )
-        self.labels = labels
-        self.transform = transform
-        self.label_transform = label_transform
-
-    def __len__(self) -> int:
-        return len(self.subjects)
-
-    def __getitem__(self, index: int) -> dict:
-        subject = self.subjects[index]
-        image = load_brats_image(subject)
-        item = {"subject_id": subject.subject_id}
-        if self.labels is not None:
-            seg = load_brats_seg(subject)
-            require_same_grid(image, seg)
-            seg = _apply(self.label_transform, seg).data
-            item[self.labels] = whole_tumour(seg).float() if self.labels == "whole_tumour" else seg.round().long()
-        item.update(_image_entries(_apply(self.transform, image)))
-        return item
 
 
 class DHCPDataset(Dataset):

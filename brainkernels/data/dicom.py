@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -342,5 +341,6 @@ def _rank(series: Series, criteria: SeriesCriteria) -> tuple:
 
 
 def _why_chosen(criteria: SeriesCriteria) -> str:
-    thickness = "thinnest slices" if criteria.slice_thickness is None else f"slices closest to {criteria.slice_thickness} mm"
+    thickness = ("thinnest slices" if criteria.slice_thickness is None
+                 else f"slices closest to {criteria.slice_thickness} mm")
     return f"non-contrast, {thickness}" + ("" if criteria.kernel else ", soft-tissue kernel preferred")

@@ -31,7 +31,8 @@ def register_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
             "tilt is resampled onto an orthogonal grid."
         ),
     )
-    parser.add_argument("--in", dest="input_dir", required=True, type=Path, metavar="DIR", help="folder of study folders")
+    parser.add_argument("--in", dest="input_dir", required=True, type=Path, metavar="DIR",
+                        help="folder of study folders")
     parser.add_argument("--out", dest="output_dir", required=True, type=Path, metavar="DIR", help="output folder")
     parser.add_argument("--slice-thickness", type=float, default=None, metavar="MM",
                         help="take the series with the slice thickness closest to MM (default: the thinnest)")
@@ -47,7 +48,7 @@ def register_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
 
 def run_import_dicom(arguments: argparse.Namespace) -> int:
     """0 when every study gave a scan, 1 when some gave none (the others are written)."""
-    from brainkernels.data.atomic import write_csv
+    from brainkernels.atomic import write_csv
     from brainkernels.data.dicom import SeriesCriteria, import_study
     from brainkernels.data.volume import save_nifti
 
@@ -69,7 +70,8 @@ def run_import_dicom(arguments: argparse.Namespace) -> int:
                          "reason": "no DICOM files"})
     write_csv(arguments.output_dir / SELECTION_CSV, rows)
     for folder_name in without_scan:
-        print(f"brainkernels import-dicom: {folder_name}: no usable series (reasons in {SELECTION_CSV})", file=sys.stderr)
+        print(f"brainkernels import-dicom: {folder_name}: no usable series (reasons in {SELECTION_CSV})",
+              file=sys.stderr)
     if not arguments.quiet:
         print(f"imported {len(studies) - len(without_scan)} of {len(studies)} studies into {arguments.output_dir} "
               f"({SELECTION_CSV} says what became of each series)")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from brainkernels.data.command_folders import check_output_folder, nifti_inputs
 from brainkernels.data.preprocess import (
     PRESETS,
     Footprint,
@@ -19,7 +20,6 @@ from brainkernels.data.preprocess import (
     foreground_footprint,
     preset_pipeline,
 )
-from brainkernels.data.command_folders import check_output_folder, nifti_inputs
 from brainkernels.data.volume import Volume, load_nifti, save_nifti
 from brainkernels.errors import BrainkernelsError
 

@@ -73,7 +73,8 @@ def _array(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
 
 
-def register(moving: Volume, reference: Volume, *, transform: str = "rigid", min_similarity: float = MIN_SIMILARITY) -> Registration:
+def register(moving: Volume, reference: Volume, *, transform: str = "rigid",
+             min_similarity: float = MIN_SIMILARITY) -> Registration:
     """Register ``moving`` to ``reference`` (first channels) and resample it onto the reference grid
     (trilinear; outside the moving scan, its minimum, i.e. air)."""
     if transform not in TRANSFORMS:

@@ -51,7 +51,7 @@ def register_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
 
 def run_register(arguments: argparse.Namespace) -> int:
     """0 when every scan registered, 1 when some failed or could not be read (the rest are written)."""
-    from brainkernels.data.atomic import write_csv
+    from brainkernels.atomic import write_csv
     from brainkernels.data.registration import MIN_SIMILARITY
 
     if not arguments.reference.is_file():
@@ -99,7 +99,7 @@ def _register_one(relative: Path, reference_path: Path, input_dir: Path, output_
     """Register one scan and write its outputs; returns its CSV row (errors become rows too)."""
     import SimpleITK as sitk
 
-    from brainkernels.data.atomic import atomic_path
+    from brainkernels.atomic import atomic_path
     from brainkernels.data.layouts.common import nifti_stem
     from brainkernels.data.registration import qc_figure, register
     from brainkernels.data.volume import load_nifti, save_nifti

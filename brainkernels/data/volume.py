@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MAX_VOXELS_VARIABLE = "BRAINKERNELS_MAX_VOXELS"
@@ -39,7 +39,8 @@ class Volume:
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, Tensor) or self.data.dim() != 4:
-            raise ValueError(f"Volume.data must be a (C, D, H, W) tensor; got {getattr(self.data, 'shape', self.data)!r}")
+            raise ValueError("Volume.data must be a (C, D, H, W) tensor; "
+                             f"got {getattr(self.data, 'shape', self.data)!r}")
         affine = np.asarray(self.affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.isfinite(affine).all():
             raise ValueError(f"Volume.affine must be a finite 4x4 matrix; got shape {affine.shape}")
@@ -57,11 +58,16 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in millimetres along D, H, W."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return voxel_spacing(self.affine)
 
     def with_data(self, data: Tensor, affine: np.ndarray | None = None) -> Volume:
         """A volume with new data (and optionally a new affine), keeping the source path."""
         return replace(self, data=data, affine=self.affine if affine is None else affine)
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in millimetres along the axes of ``affine``."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
@@ -147,6 +153,21 @@ def read_header(path: str | os.PathLike) -> nib.Nifti1Header:
     path = Path(path)
     _require_nifti_file(path)
     return _open_nifti(path).header
+
+
+def read_grid(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The spatial shape and affine :func:`load_nifti` gives the file (reoriented to RAS), from its
+    header alone: checking that scans share a grid need not decompress their voxels."""
+    path = Path(path)
+    _require_nifti_file(path)
+    image = _open_nifti(path)
+    if len(image.shape) not in (3, 4):
+        raise ValueError(f"{path}: expected a 3D or 4D image; got {len(image.shape)} dimensions {image.shape}")
+    shape = image.shape[:3]
+    orientation = nib.io_orientation(image.affine)
+    # Reorienting a zero-stride stand-in moves its axes as load_nifti moves the voxels, at no cost.
+    canonical = nib.apply_orientation(np.broadcast_to(np.int8(0), shape), orientation).shape
+    return tuple(int(size) for size in canonical), image.affine @ nib.orientations.inv_ornt_aff(orientation, shape)
 
 
 def _require_nifti_file(path: Path) -> None:

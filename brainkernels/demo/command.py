@@ -23,8 +23,8 @@ def register_command(commands) -> None:
     parser.add_argument("--out", default="brainkernels-demo", metavar="DIR",
                         help="folder for the cohorts, runs and report (default ./brainkernels-demo)")
     parser.add_argument("--quick", action="store_true",
-                        help="small models, about 7 minutes on a 2-core CPU, longer on a busy one (default: better models, "
-                             "about an hour)")
+                        help="small models, about 7 minutes on a 2-core CPU, longer on a busy one (default: "
+                             "better models, about an hour)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to train and infer (auto: a GPU if there is one)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs in DIR")

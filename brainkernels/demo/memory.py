@@ -6,11 +6,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-
 from brainkernels.demo.report import Section
 from brainkernels.demo.stages import Stages
-from brainkernels.figures import save_figure
+from brainkernels.figures import plt, save_figure
 from brainkernels.inr import footprint as inr_footprint
 from brainkernels.memory import Footprint
 from brainkernels.patchddm import footprint as patchddm_footprint

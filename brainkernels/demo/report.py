@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 
 
 @dataclass(frozen=True)

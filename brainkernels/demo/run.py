@@ -54,10 +54,14 @@ def _overview(settings: DemoSettings, device: torch.device) -> Section:
                  "qure.ai), BraTS 2020 (brain tumour MR) and the developing Human Connectome Project (dHCP, neonatal "
                  "MR). The same commands run on those data sets once downloaded (docs/data-layouts.md); the numbers "
                  "here are for the synthetic cohorts, not the papers' results.")
+    section.text("Each method first shows the model shipped with brainkernels (trained on synthetic data only: not "
+                 "for clinical use, not for real scans) on a cohort generated now with a seed its training never "
+                 "saw, then trains a model from scratch.")
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     section.text(f"Level: {settings.level} (`brainkernels demo{' --quick' if settings.level == 'quick' else ''}`). "
-                 + ("Small, briefly trained models: the figures show the pipelines, not the methods' accuracy; "
-                    "`brainkernels demo` without --quick trains longer. " if settings.level == "quick" else "")
+                 + ("The models trained from scratch are small and briefly trained, to show training at work; "
+                    "`brainkernels demo` without --quick trains longer and evaluates them. "
+                    if settings.level == "quick" else "")
                  + f"Device: {device} ({hardware}, {os.cpu_count()} CPU cores); brainkernels "
                  f"{brainkernels.__version__}, PyTorch {torch.__version__}.")
     return section
@@ -87,7 +91,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DEFAULT, *, device
     sections, failures = [_overview(settings, chosen)], []
     for name, method in METHODS.items():
         try:
-            sections.append(method(settings, out, stages, quiet))
+            sections.extend(method(settings, out, stages, quiet))
         except Exception as error:  # noqa: BLE001 - one method's failure must not hide the others' results
             if debug:
                 traceback.print_exc(file=sys.stderr)

@@ -6,8 +6,14 @@ import argparse
 
 from brainkernels.options import at_least
 from brainkernels.runtime import config
-from brainkernels.runtime.command import (add_export_verb, add_model_option, add_subjects_option, add_train_verb,
-                                         add_workers_option)
+from brainkernels.runtime.command import (
+    add_cache_option,
+    add_export_verb,
+    add_model_option,
+    add_subjects_option,
+    add_train_verb,
+    add_workers_option,
+)
 
 
 def _age(text: str) -> float:
@@ -59,7 +65,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
     summary = evaluate(arguments.model, arguments.data, arguments.out, fit_steps=arguments.fit_steps,
                        fit_voxels=arguments.fit_voxels, device=arguments.device, workers=arguments.workers,
-                       quiet=arguments.quiet, subjects=arguments.subjects)
+                       quiet=arguments.quiet, subjects=arguments.subjects, cache=arguments.cache)
     print(format_table(summary))
     return 0
 
@@ -138,6 +144,7 @@ def register_command(commands) -> None:
     evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
     add_workers_option(evaluate)
     add_subjects_option(evaluate)
+    add_cache_option(evaluate)
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _fitting_options(evaluate)
     evaluate.set_defaults(run=_evaluate)

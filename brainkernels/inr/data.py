@@ -1,8 +1,9 @@
 """INR inputs: a scan as the model sees it (intensity in [0, 1], in 2D its central axial slice),
 the grid a model was trained on, and the training items (sampled voxels of one scan).
 
-Training reads the prepared scans from the prepared-volume cache (``preparation_request``): a
-step gathers only its sampled voxels from the mapped image."""
+Training and evaluation read the prepared scans from the prepared-volume cache
+(``preparation_request``, ``cached_input``): a training step gathers only its sampled voxels from
+the mapped image."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 from brainkernels.data.cache import Entry, Request
 from brainkernels.data.layouts.dhcp import DHCPScan
 from brainkernels.data.preprocess import foreground_mask
@@ -109,15 +110,24 @@ def _millimetres(spacing) -> str:
 
 def preparation_request(scan: DHCPScan, grid: ModelGrid) -> Request:
     """The cache entry of :func:`prepare_input` for ``scan``: arrays ``image`` and ``head`` (the
-    flat indices of its foreground voxels)."""
+    flat indices of its foreground voxels), values ``scale`` and ``affine``."""
 
     def build() -> tuple[dict[str, np.ndarray], dict]:
         prepared = prepare_input(load_nifti(scan.t2w_path), grid, str(scan.t2w_path))
         head = torch.nonzero(prepared.foreground.reshape(-1))[:, 0]
-        return {"image": prepared.image.numpy(), "head": head.numpy()}, {"scale": prepared.scale}
+        return {"image": prepared.image.numpy(), "head": head.numpy()}, {"scale": prepared.scale,
+                                                                         "affine": prepared.affine.tolist()}
 
     settings = {"grid": asdict(grid), "intensity_percentile": INTENSITY_PERCENTILE}
-    return Request("inr-scan", [scan.t2w_path], settings, build)
+    return Request("inr-model-input", [scan.t2w_path], settings, build)
+
+
+def cached_input(entry: Entry) -> ModelInput:
+    """The model input of a cache entry, its image mapped (read when used)."""
+    image = entry.tensor("image")
+    foreground = torch.zeros(image.numel(), dtype=torch.bool)
+    foreground[entry.tensor("head")] = True
+    return ModelInput(image, foreground.reshape(image.shape), entry.values["scale"], np.array(entry.values["affine"]))
 
 
 def voxel_coordinates(indices: Tensor, shape: tuple[int, ...], mirrored: bool = False) -> Tensor:

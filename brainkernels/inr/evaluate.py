@@ -14,12 +14,13 @@ import scipy.ndimage
 import torch
 from scipy import stats
 
-from brainkernels.data.atomic import write_csv
+from brainkernels.atomic import write_csv
+from brainkernels.data.cache import PreparedCache
 from brainkernels.data.layouts.dhcp import DHCPScan, read_dhcp, scans_by_subject
 from brainkernels.data.preprocess import foreground_mask
 from brainkernels.data.volume import Volume, load_nifti
 from brainkernels.errors import BrainkernelsError
-from brainkernels.inr.data import ModelGrid, ModelInput, prepare_input
+from brainkernels.inr.data import ModelGrid, ModelInput, cached_input, preparation_request, prepare_input
 from brainkernels.inr.figures import head_circumference_plot
 from brainkernels.inr.infer import FIT_STEPS, decode, fit_latent
 from brainkernels.inr.train import PAIRS_FILE, INRConfig, TrainedINR, load_trained, split_test_subjects, train
@@ -27,7 +28,7 @@ from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
 from brainkernels.metrics.undefined import Undefined
 from brainkernels.runtime import setup, shipped, teardown
 from brainkernels.runtime.inference import evaluated, run_cohort
-from brainkernels.runtime.prepared import CACHE_FOLDER
+from brainkernels.runtime.prepared import CACHE_FOLDER, inference_cache_folder, prepared_entries
 from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
 HEAD_THRESHOLD = 0.2
@@ -71,7 +72,8 @@ def test_pairs(data: str | os.PathLike, split_seed: int, subjects: str = "held-o
 
 
 def load_pair(pair: tuple[DHCPScan, DHCPScan], grid: ModelGrid) -> tuple:
-    """(first, last, the first's model input, the last's model input)."""
+    """(first, last, the first's model input, the last's model input), read from the NIfTI files
+    (evaluation reads them from the prepared-volume cache)."""
     return *pair, *(prepare_input(load_nifti(scan.t2w_path), grid, str(scan.t2w_path)) for scan in pair)
 
 
@@ -117,15 +119,21 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     }
 
 
-def _pair_rows(run_dir, data, *, fit_steps: int | None, fit_voxels: int | None, device: str, workers: int,
-               quiet: bool, subjects: str = "held-out") -> list[dict]:
+def _pair_rows(run_dir, data, cache: Path, *, fit_steps: int | None, fit_voxels: int | None, device: str,
+               workers: int, quiet: bool, subjects: str = "held-out") -> list[dict]:
     distributed = setup(device)
     try:
         trained = load_trained(run_dir, distributed.device)
         steps = fit_steps or FIT_STEPS[trained.settings.dims]
-        return run_cohort(test_pairs(data, trained.settings.split_seed, subjects),
-                          lambda loaded: predict_pair(trained, *loaded, fit_steps=steps, fit_voxels=fit_voxels),
-                          distributed, description="inr evaluation", load=lambda pair: load_pair(pair, trained.grid),
+        pairs = test_pairs(data, trained.settings.split_seed, subjects)
+        scans = [scan for pair in pairs for scan in pair]
+        # The training's request: the same grid, so scans it prepared are read again.
+        entries = prepared_entries([preparation_request(scan, trained.grid) for scan in scans], PreparedCache(cache),
+                                   distributed, quiet=quiet)
+        entry_of = {scan.t2w_path: entry for scan, entry in zip(scans, entries, strict=True)}
+        return run_cohort(pairs, lambda loaded: predict_pair(trained, *loaded, fit_steps=steps, fit_voxels=fit_voxels),
+                          distributed, description="inr evaluation",
+                          load=lambda pair: (*pair, *(cached_input(entry_of[scan.t2w_path]) for scan in pair)),
                           workers=workers, quiet=quiet, advice="Pass --fit-voxels to fit on sampled voxels.")
     finally:
         teardown()
@@ -134,15 +142,17 @@ def _pair_rows(run_dir, data, *, fit_steps: int | None, fit_voxels: int | None, 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              fit_steps: int | None = None, fit_voxels: int | None = None, device: str = "auto",
              workers: int = DEFAULT_WORKERS, quiet: bool = False,
-             subjects: str = "held-out") -> dict[str, dict[str, float]]:
+             subjects: str = "held-out", cache: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
     """Evaluate a run on the held-out pairs of ``data`` (``subjects="all"``: the pairs of every
     subject scanned twice, for a cohort the model never saw); writes ``pairs.csv``, ``summary.csv`` and
     ``head_circumference.png`` to ``out`` (default RUN/evaluation) and returns the summary.
-    ``workers`` processes load the next pairs meanwhile. The summary has two rows, ``model`` and
+    ``workers`` processes load the next pairs meanwhile, from the prepared-volume cache ``cache``
+    (default: the run's, else ``out/cache``). The summary has two rows, ``model`` and
     the copy-input baseline (``COPY``)."""
     out = shipped.evaluation_folder(run_dir, out)
-    rows = _pair_rows(run_dir, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=device, workers=workers,
-                      quiet=quiet, subjects=subjects)
+    folder = inference_cache_folder(cache, shipped.resolve(run_dir, INRConfig), out)
+    rows = _pair_rows(run_dir, data, folder, fit_steps=fit_steps, fit_voxels=fit_voxels, device=device,
+                      workers=workers, quiet=quiet, subjects=subjects)
     out.mkdir(parents=True, exist_ok=True)
     results = {"model": summarise(rows), COPY: summarise(copy_input(rows))}
     write_csv(out / "pairs.csv", rows)
@@ -164,8 +174,8 @@ def ablation(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfi
     for name, (ssl, sgla) in ABLATION.items():
         variant = dataclasses.replace(settings, ssl=ssl, sgla=probability if sgla else 0.0)
         run = train(data, out / name, variant, overwrite=overwrite, quiet=quiet, cache=out / CACHE_FOLDER)
-        rows[name] = _pair_rows(run, data, fit_steps=fit_steps, fit_voxels=fit_voxels, device=settings.device,
-                                workers=settings.workers, quiet=quiet)
+        rows[name] = _pair_rows(run, data, out / CACHE_FOLDER, fit_steps=fit_steps, fit_voxels=fit_voxels,
+                                device=settings.device, workers=settings.workers, quiet=quiet)
         write_csv(run / PAIRS_FILE, rows[name])
         results[name] = summarise(rows[name])
     results[COPY] = summarise(copy_input(next(iter(rows.values()))))  # the same pairs for every variant

@@ -5,15 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from brainkernels.data.orientation import mark_orientation, upright, upright_slice  # noqa: E402
-from brainkernels.figures import save_figure  # noqa: E402
+from brainkernels.data.orientation import mark_orientation, upright, upright_slice
+from brainkernels.figures import plt, save_figure
 
 
 def sequence_figure(images: Sequence[Tensor], ages_weeks: Sequence[float], title: str = "") -> plt.Figure:
@@ -46,9 +42,9 @@ def sequence_montage(images: Sequence[Tensor], ages_weeks: Sequence[float], path
 
 
 def head_circumference_plot(results: dict[str, Sequence[dict]], path: str | os.PathLike) -> None:
-    """Per model (panel, titled with its name and number of babies), the true (circles) and predicted (crosses) head circumference of each
-    test pair against the age predicted, with least-squares lines: a model that ignores the age
-    input has a flat red line."""
+    """Per model (panel, titled with its name and number of babies), the true (circles) and
+    predicted (crosses) head circumference of each test pair against the age predicted, with
+    least-squares lines: a model that ignores the age input has a flat red line."""
     figure, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.6), sharey=True, squeeze=False)
     for axis, (name, rows) in zip(axes[0], results.items()):
         ages = np.array([row["age_out"] for row in rows])

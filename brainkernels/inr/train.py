@@ -15,11 +15,11 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 from brainkernels.data.cache import PreparedCache
 from brainkernels.data.layouts.dhcp import DHCPScan, read_dhcp, scans_by_subject
 from brainkernels.data.layouts.splits import split_by_subject
-from brainkernels.data.volume import load_nifti
+from brainkernels.data.volume import read_grid, voxel_spacing
 from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import GRID_FILE, ModelGrid, SampledVoxels, preparation_request
 from brainkernels.inr.model import NORM_TYPES, AutoDecoder
@@ -104,14 +104,15 @@ def _latent_key(scan: DHCPScan, ssl: bool) -> str:
 
 
 def model_grid(scans: list[DHCPScan], dims: int) -> ModelGrid:
-    """The training scans' common grid; scans on different grids are refused by name."""
-    first = load_nifti(scans[0].t2w_path)
+    """The training scans' common grid, read from their headers; scans on different grids are
+    refused by name."""
+    shape, affine = read_grid(scans[0].t2w_path)
     for scan in scans[1:]:
-        other = load_nifti(scan.t2w_path)
-        if other.shape != first.shape:
-            raise BrainkernelsError(f"{scan.t2w_path}: shape {other.shape} differs from {first.shape} of "
+        other, _ = read_grid(scan.t2w_path)
+        if other != shape:
+            raise BrainkernelsError(f"{scan.t2w_path}: shape {other} differs from {shape} of "
                                     f"{scans[0].t2w_path}; the INR needs all scans on one grid")
-    return ModelGrid(first.shape, first.spacing, dims)
+    return ModelGrid(shape, voxel_spacing(affine), dims)
 
 
 def build_model(settings: INRConfig, keys: int) -> AutoDecoder:
@@ -141,7 +142,11 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, 
     replaces it), the prepared-volume cache ``cache`` (default: in the run folder)."""
     distributed = setup(settings.device)
     try:
-        training, _ = split_test_subjects(read_dhcp(data), settings.split_seed)
+        training, test = split_test_subjects(read_dhcp(data), settings.split_seed)
+        if not training:  # one subject, scanned twice or more: held out whole
+            raise BrainkernelsError(f"{data}: too few subjects: the only one, {test[0]}, is held out to test "
+                                    "predicting one session from another, which leaves no scans to train on; the "
+                                    "INR needs at least two subjects")
         keys = latent_keys(training, settings.ssl, settings.flip)
         index = {key: position for position, key in enumerate(keys)}
         grid = model_grid(training, settings.dims)
@@ -163,7 +168,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, 
                 build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),
                 loss_fn=reconstruction_loss(settings.sgla), dataset=dataset, config=settings,
                 distributed=distributed, run=run, run_config=config.to_dict(settings),
-                architecture_keys=ARCHITECTURE_KEYS, quiet=quiet, memory_advice="--micro-batches or lower --pixel-ratio",
+                architecture_keys=ARCHITECTURE_KEYS, quiet=quiet,
+                memory_advice="--micro-batches or lower --pixel-ratio",
             )
             trainer.fit(resume=resume)
         return run.root

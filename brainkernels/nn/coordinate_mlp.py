@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from brainkernels.ops.coordinate_mlp import ACTIVATIONS, coordinate_mlp, grid_coordinates
+from brainkernels.ops.coordinate_mlp import coordinate_mlp
+from brainkernels.ops.coordinate_mlp.checks import check_first_layer, check_hyperparameters
+from brainkernels.ops.coordinate_mlp.reference import activate, expanded_mlp, voxel_coordinates
 
 
 class CoordinateMLPLayer(nn.Module):
@@ -44,11 +46,7 @@ class CoordinateMLPLayer(nn.Module):
         return [self.freqs, self.scale] if self.activation == "wire" else [self.linear]
 
     def forward(self, z: Tensor) -> Tensor:
-        if self.activation == "wire":
-            return torch.cos(self.omega_0 * self.freqs(z)) * torch.exp(-((self.scale_0 * self.scale(z)) ** 2))
-        if self.activation == "siren":
-            return torch.sin(self.omega_0 * self.linear(z))
-        return torch.relu(self.linear(z))
+        return activate(self.activation, [linear(z) for linear in self.linears()], self.omega_0, self.scale_0)
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, activation={self.activation!r}"
@@ -72,17 +70,9 @@ class _CoordinateMLPLayers(nn.Module):
         latent_size = _positive_int("latent_size", latent_size, 0)
         width = _positive_int("width", width, 2)
         depth = _positive_int("depth", depth, 2)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
-        for name, value in (("omega", omega), ("scale", scale)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite real number; got {value!r}")
-        if not isinstance(residual, bool):
-            raise TypeError(f"residual must be a bool; got {type(residual).__name__}")
+        check_hyperparameters(activation, omega, scale, residual)
         inputs = 1 + dims + latent_size
-        if residual and inputs == width:
-            raise ValueError(f"1 + dims + latent_size == width ({width}) would make the first layer residual, which "
-                             "the fused kernels do not support; change latent_size or width")
+        check_first_layer(inputs, width, residual)
         self.dims, self.latent_size, self.width, self.depth = dims, latent_size, width, depth
         self.activation, self.omega, self.scale, self.residual = activation, float(omega), float(scale), residual
         sizes = [inputs] + [width] * (depth - 1) + [1]
@@ -132,24 +122,13 @@ class ReferenceCoordinateMLP(_CoordinateMLPLayers):
 
     def forward(self, coords_or_grid_shape: Tensor | Sequence[int], age: Tensor | float, latent: Tensor,
                 block_size: int | None = None) -> Tensor:
-        if isinstance(coords_or_grid_shape, Tensor):
-            coords, out_shape = coords_or_grid_shape, (coords_or_grid_shape.shape[0],)
-        else:
-            out_shape = tuple(int(n) for n in coords_or_grid_shape)
-            coords = grid_coordinates(out_shape, latent.dtype, latent.device)
+        coords, out_shape = voxel_coordinates(coords_or_grid_shape, latent.dtype, latent.device)
         step = block_size or max(coords.shape[0], 1)
         outputs = [self._mlp(coords[start:start + step], age, latent) for start in range(0, coords.shape[0], step)]
         out = torch.cat(outputs) if outputs else coords.new_empty(0)
         return out.reshape(out_shape)
 
     def _mlp(self, coords: Tensor, age: Tensor | float, latent: Tensor) -> Tensor:
-        count = coords.shape[0]
-        if isinstance(age, Tensor):
-            age_column = age.reshape(1, 1).to(latent.dtype).expand(count, 1)
-        else:
-            age_column = torch.full((count, 1), float(age), dtype=latent.dtype, device=latent.device)
-        z = torch.cat([age_column, coords, latent.reshape(1, -1).expand(count, -1)], dim=1)
-        for layer in self.layers:
-            a = layer(z)
-            z = (a + z) / 2 if self.residual and a.shape[1] == z.shape[1] else a
-        return z[:, 0]
+        weights, biases = self.weights_and_biases()
+        return expanded_mlp(coords, age, latent, weights, biases, self.activation, self.omega, self.scale,
+                            self.residual)

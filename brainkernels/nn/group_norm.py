@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -52,15 +50,15 @@ class GroupNormSiLU(nn.Module):
             nn.init.zeros_(self.bias)
 
     @classmethod
-    def from_group_norm(cls, norm: nn.GroupNorm, activation: str = "silu") -> "GroupNormSiLU":
+    def from_group_norm(cls, norm: nn.GroupNorm, activation: str = "silu") -> GroupNormSiLU:
         """A GroupNormSiLU that shares ``norm``'s parameter objects (optimisers keep working)."""
         fused = cls(norm.num_groups, norm.num_channels, norm.eps, affine=False, activation=activation)
         fused.affine = norm.affine
         fused.weight, fused.bias = norm.weight, norm.bias
         return fused
 
-    def forward(self, h: Tensor, skip: Optional[Tensor] = None, emb: Optional[Tensor] = None,
-                scale: Optional[Tensor] = None, shift: Optional[Tensor] = None) -> Tensor:
+    def forward(self, h: Tensor, skip: Tensor | None = None, emb: Tensor | None = None,
+                scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
         weight, bias = self.weight, self.bias
         if weight is not None and weight.dtype != h.dtype:
             weight = weight.to(h.dtype)

@@ -9,6 +9,7 @@ from brainkernels.ops.extract_patches3d import (
     extract_patches3d_reference,
 )
 from brainkernels.ops.group_norm_silu import group_norm_silu, group_norm_silu_reference
+from brainkernels.ops.group_norm_silu_conv import group_norm_silu_conv, group_norm_silu_conv_reference
 
 __all__ = [
     "MAX_PATCH_SIZE",
@@ -19,5 +20,7 @@ __all__ = [
     "extract_patches3d_reference",
     "grid_coordinates",
     "group_norm_silu",
+    "group_norm_silu_conv",
+    "group_norm_silu_conv_reference",
     "group_norm_silu_reference",
 ]

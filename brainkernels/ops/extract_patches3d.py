@@ -116,8 +116,8 @@ def _padding_bits(padding_value: float, dtype: torch.dtype) -> int:
 def _forward_cpu(volume: Tensor, centers: Tensor, size: int, padding_value: float) -> Tensor:
     patches = volume.new_empty((centers.shape[0], volume.shape[0], size, size, size))
     _extension.load().extract_patches3d_forward_cpu(
-        volume.data_ptr(), volume.element_size(), list(volume.shape), list(volume.stride()), centers.data_ptr(),
-        centers.shape[0], size,
+        volume.data_ptr(), _extension.dtype_code(volume.dtype), list(volume.shape), list(volume.stride()),
+        centers.data_ptr(), centers.shape[0], size,
         _padding_bits(padding_value, volume.dtype), patches.data_ptr(), torch.get_num_threads(),
     )
     return patches
@@ -126,7 +126,7 @@ def _forward_cpu(volume: Tensor, centers: Tensor, size: int, padding_value: floa
 def _backward_cpu(grad_patches: Tensor, centers: Tensor, size: int, volume_shape: list[int]) -> Tensor:
     grad_volume = grad_patches.new_zeros(volume_shape)
     _extension.load().extract_patches3d_backward_cpu(
-        grad_patches.data_ptr(), grad_patches.dtype == torch.float64, list(volume_shape), centers.data_ptr(),
+        grad_patches.data_ptr(), _extension.dtype_code(grad_patches.dtype), list(volume_shape), centers.data_ptr(),
         centers.shape[0], size,
         grad_volume.data_ptr(), torch.get_num_threads(),
     )
@@ -141,8 +141,8 @@ def _forward_cuda(volume: Tensor, centers: Tensor, size: int, padding_value: flo
     patches = volume.new_empty((centers.shape[0], volume.shape[0], size, size, size))
     with torch.cuda.device(volume.device):
         _extension.load().extract_patches3d_forward_cuda(
-            volume.data_ptr(), volume.element_size(), list(volume.shape), list(volume.stride()), centers.data_ptr(),
-            centers.shape[0], size,
+            volume.data_ptr(), _extension.dtype_code(volume.dtype), list(volume.shape), list(volume.stride()),
+            centers.data_ptr(), centers.shape[0], size,
             _padding_bits(padding_value, volume.dtype), patches.data_ptr(), _cuda_stream(volume.device),
         )
     return patches
@@ -152,7 +152,7 @@ def _backward_cuda(grad_patches: Tensor, centers: Tensor, size: int, volume_shap
     grad_volume = grad_patches.new_zeros(volume_shape)
     with torch.cuda.device(grad_patches.device):
         _extension.load().extract_patches3d_backward_cuda(
-            grad_patches.data_ptr(), grad_patches.dtype == torch.float64, list(volume_shape), centers.data_ptr(),
+            grad_patches.data_ptr(), _extension.dtype_code(grad_patches.dtype), list(volume_shape), centers.data_ptr(),
             centers.shape[0], size,
             grad_volume.data_ptr(), _cuda_stream(grad_patches.device),
         )

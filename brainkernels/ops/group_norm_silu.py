@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,6 @@ ACTIVATIONS = ("silu", "none")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Voxels per CPU task along a row: a fixed number, so results do not depend on the thread count.
 CPU_CHUNK = 16384
-_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 
 def _per_channel(t: Tensor, dim: int) -> Tensor:
@@ -49,14 +47,14 @@ def _per_channel(t: Tensor, dim: int) -> Tensor:
 def group_norm_silu_reference(
     h: Tensor,
     num_groups: int,
-    weight: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
     eps: float = 1e-5,
     *,
-    skip: Optional[Tensor] = None,
-    emb: Optional[Tensor] = None,
-    scale: Optional[Tensor] = None,
-    shift: Optional[Tensor] = None,
+    skip: Tensor | None = None,
+    emb: Tensor | None = None,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
     activation: str = "silu",
 ) -> Tensor:
     """Plain-PyTorch composition (F.group_norm, F.silu): the test oracle and the fallback."""
@@ -114,14 +112,14 @@ def _check_arguments(h, num_groups, weight, bias, eps, skip, emb, scale, shift, 
 def group_norm_silu(
     h: Tensor,
     num_groups: int,
-    weight: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
     eps: float = 1e-5,
     *,
-    skip: Optional[Tensor] = None,
-    emb: Optional[Tensor] = None,
-    scale: Optional[Tensor] = None,
-    shift: Optional[Tensor] = None,
+    skip: Tensor | None = None,
+    emb: Tensor | None = None,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
     activation: str = "silu",
 ) -> Tensor:
     """``act(GroupNorm((h + skip) / 2 + emb) * (1 + scale) + shift)``, fused; see the module doc.
@@ -292,7 +290,7 @@ class _CpuKernels:
         return min(CPU_CHUNK, spatial)
 
     @staticmethod
-    def _common(h3: Tensor, skip3: Optional[Tensor], chunk: int) -> tuple:
+    def _common(h3: Tensor, skip3: Tensor | None, chunk: int) -> tuple:
         skip_args = (skip3.data_ptr(), list(skip3.stride())) if skip3 is not None else (0, [0, 0, 0])
         return (list(h3.shape), chunk, h3.data_ptr(), list(h3.stride()), *skip_args)
 
@@ -304,7 +302,7 @@ class _CpuKernels:
     def moments(cls, h3, skip3, chunk, partial_dtype):
         mean, m2 = (h3.new_empty((cls._count(h3, chunk),), dtype=partial_dtype) for _ in range(2))
         _extension.load().group_norm_silu_moments_cpu(
-            _DTYPE_CODES[h3.dtype], *cls._common(h3, skip3, chunk), mean.data_ptr(), m2.data_ptr(),
+            _extension.dtype_code(h3.dtype), *cls._common(h3, skip3, chunk), mean.data_ptr(), m2.data_ptr(),
             torch.get_num_threads(),
         )
         return mean, m2
@@ -313,8 +311,8 @@ class _CpuKernels:
     def forward(cls, h3, skip3, center, alpha, beta, silu, chunk):
         out = h3.new_empty(h3.shape)
         _extension.load().group_norm_silu_forward_cpu(
-            _DTYPE_CODES[h3.dtype], int(silu), *cls._common(h3, skip3, chunk), center.data_ptr(), alpha.data_ptr(),
-            beta.data_ptr(), out.data_ptr(), torch.get_num_threads(),
+            _extension.dtype_code(h3.dtype), int(silu), *cls._common(h3, skip3, chunk), center.data_ptr(),
+            alpha.data_ptr(), beta.data_ptr(), out.data_ptr(), torch.get_num_threads(),
         )
         return out
 
@@ -322,8 +320,8 @@ class _CpuKernels:
     def backward_sums(cls, h3, skip3, grad3, center, alpha, beta, xa, silu, chunk):
         sums = h3.new_empty((3, cls._count(h3, chunk)), dtype=alpha.dtype)
         _extension.load().group_norm_silu_backward_sums_cpu(
-            _DTYPE_CODES[h3.dtype], int(silu), *cls._common(h3, skip3, chunk), grad3.data_ptr(), list(grad3.stride()),
-            center.data_ptr(), alpha.data_ptr(), beta.data_ptr(), xa.data_ptr(), sums.data_ptr(),
+            _extension.dtype_code(h3.dtype), int(silu), *cls._common(h3, skip3, chunk), grad3.data_ptr(),
+            list(grad3.stride()), center.data_ptr(), alpha.data_ptr(), beta.data_ptr(), xa.data_ptr(), sums.data_ptr(),
             torch.get_num_threads(),
         )
         return sums
@@ -332,9 +330,9 @@ class _CpuKernels:
     def backward_input(cls, h3, skip3, grad3, center, alpha, beta, p, q, r, silu, chunk):
         grad_input = h3.new_empty(h3.shape)
         _extension.load().group_norm_silu_backward_input_cpu(
-            _DTYPE_CODES[h3.dtype], int(silu), *cls._common(h3, skip3, chunk), grad3.data_ptr(), list(grad3.stride()),
-            center.data_ptr(), alpha.data_ptr(), beta.data_ptr(), p.data_ptr(), q.data_ptr(), r.data_ptr(),
-            grad_input.data_ptr(), torch.get_num_threads(),
+            _extension.dtype_code(h3.dtype), int(silu), *cls._common(h3, skip3, chunk), grad3.data_ptr(),
+            list(grad3.stride()), center.data_ptr(), alpha.data_ptr(), beta.data_ptr(), p.data_ptr(), q.data_ptr(),
+            r.data_ptr(), grad_input.data_ptr(), torch.get_num_threads(),
         )
         return grad_input
 
@@ -401,12 +399,12 @@ _BACKWARD = {
 @torch.library.custom_op("brainkernels::group_norm_silu", mutates_args=())
 def _group_norm_silu(
     h: Tensor,
-    skip: Optional[Tensor],
-    emb: Optional[Tensor],
-    scale: Optional[Tensor],
-    shift: Optional[Tensor],
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
+    skip: Tensor | None,
+    emb: Tensor | None,
+    scale: Tensor | None,
+    shift: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
     num_groups: int,
     eps: float,
     activation: str,
@@ -427,12 +425,12 @@ def _(h, skip, emb, scale, shift, weight, bias, num_groups, eps, activation):
 def _group_norm_silu_backward(
     grad_out: Tensor,
     h: Tensor,
-    skip: Optional[Tensor],
-    emb: Optional[Tensor],
-    scale: Optional[Tensor],
-    shift: Optional[Tensor],
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
+    skip: Tensor | None,
+    emb: Tensor | None,
+    scale: Tensor | None,
+    shift: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
     mean: Tensor,
     rstd: Tensor,
     num_groups: int,
@@ -482,7 +480,7 @@ def _backward(ctx, grad_out, _grad_mean, _grad_rstd):
         input_grad,
     )
 
-    def wanted(index: int, given: Optional[Tensor], grad: Tensor) -> Optional[Tensor]:
+    def wanted(index: int, given: Tensor | None, grad: Tensor) -> Tensor | None:
         return grad if given is not None and needs[index] else None
 
     return (

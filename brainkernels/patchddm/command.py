@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 
 from brainkernels.options import at_least
-from brainkernels.runtime.command import (add_export_verb, add_model_option, add_subjects_option, add_train_verb,
-                                         add_workers_option)
+from brainkernels.runtime.command import (
+    add_cache_option,
+    add_export_verb,
+    add_model_option,
+    add_subjects_option,
+    add_train_verb,
+    add_workers_option,
+)
 
 
 def _int_list(text: str) -> list[int]:
@@ -36,7 +42,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
     summary = evaluate(arguments.model, arguments.data, arguments.out, steps=arguments.steps,
                        ensemble=arguments.ensemble, seed=arguments.seed, precision=arguments.precision,
                        device=arguments.device, workers=arguments.workers, quiet=arguments.quiet,
-                       subjects=arguments.subjects)
+                       subjects=arguments.subjects, cache=arguments.cache)
     print(f"{'steps':>5} {'ensemble':>8} {'Dice':>15} {'HD95 (mm)':>17}")
     for row in summary:
         print(f"{row['steps']:>5} {row['ensemble']:>8} {row['dice_mean']:>8.3f} ± {row['dice_std']:.3f} "
@@ -89,4 +95,5 @@ def register_command(commands) -> None:
     evaluate.add_argument("--data", required=True, help="the BraTS-layout cohort the run was trained on")
     evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
     add_subjects_option(evaluate)
+    add_cache_option(evaluate)
     evaluate.set_defaults(run=_evaluate)

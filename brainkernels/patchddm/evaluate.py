@@ -7,28 +7,26 @@ import os
 import warnings
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from brainkernels.data.atomic import write_csv  # noqa: E402
-from brainkernels.data.command_folders import check_output_folder  # noqa: E402
-from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject  # noqa: E402
-from brainkernels.data.volume import Volume, save_nifti  # noqa: E402
-from brainkernels.errors import BrainkernelsError  # noqa: E402
-from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
-from brainkernels.metrics.segmentation import dice, hausdorff95  # noqa: E402
-from brainkernels.metrics.undefined import Undefined  # noqa: E402
-from brainkernels.patchddm.data import PreparedSubject, prepare_subject  # noqa: E402
-from brainkernels.patchddm.infer import Segmentation, sample_members  # noqa: E402
-from brainkernels.patchddm.train import load_trained, split_subjects  # noqa: E402
-from brainkernels.runtime import setup, shipped, teardown  # noqa: E402
-from brainkernels.runtime.inference import evaluated, run_cohort  # noqa: E402
-from brainkernels.runtime.trainer import DEFAULT_WORKERS  # noqa: E402
-from brainkernels.runtime.progress import progress  # noqa: E402
+from brainkernels.atomic import write_csv
+from brainkernels.data.cache import PreparedCache
+from brainkernels.data.command_folders import check_output_folder
+from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject
+from brainkernels.data.volume import Volume, save_nifti
+from brainkernels.errors import BrainkernelsError
+from brainkernels.figures import figure_point, orthogonal_slices, plt, save_figure
+from brainkernels.metrics.segmentation import dice, hausdorff95
+from brainkernels.metrics.undefined import Undefined
+from brainkernels.patchddm.data import PreparedSubject, cached_subject, preparation_request, prepare_subject
+from brainkernels.patchddm.infer import Segmentation, sample_members
+from brainkernels.patchddm.train import PatchDDMConfig, load_trained, split_subjects
+from brainkernels.runtime import setup, shipped, teardown
+from brainkernels.runtime.inference import evaluated, run_cohort
+from brainkernels.runtime.prepared import inference_cache_folder, prepared_entries
+from brainkernels.runtime.progress import progress
+from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
 FIGURE_CHANNEL = MODALITIES.index("flair")  # the sequence the tumour shows best on
 
@@ -58,7 +56,8 @@ def write_figures(out: Path, subject_id: str, image: torch.Tensor, segmentation:
                                   title=f"{subject_id}: mean tumour probability of {members} member(s), FLAIR"),
                 out / f"{subject_id}_segmentation.png")
     save_figure(orthogonal_slices(image[FIGURE_CHANNEL], point=point, overlay=variance, outlines=outlines,
-                                  overlay_label="ensemble variance", overlay_range=(0.005, max(0.25, float(variance.max()))),
+                                  overlay_label="ensemble variance",
+                                  overlay_range=(0.005, max(0.25, float(variance.max()))),
                                   cmap="viridis", title=f"{subject_id}: uncertainty over {members} member(s), FLAIR"),
                 out / f"{subject_id}_uncertainty.png")
 
@@ -154,15 +153,16 @@ def _plot(summary: list[dict], title: str) -> plt.Figure:
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              steps: list[int] = (20,), ensemble: list[int] = (1, 3, 5), seed: int = 0, precision: str = "fp32",
              device: str = "auto", workers: int = DEFAULT_WORKERS, quiet: bool = False,
-             subjects: str = "held-out") -> list[dict]:
+             subjects: str = "held-out", cache: str | os.PathLike | None = None) -> list[dict]:
     """Dice and HD95 on the run's test subjects of the cohort at ``data`` (``subjects="all"``: on
     every subject, for a cohort the model never saw), for every number of
     sampling steps and ensemble size; writes ``scores.csv`` (per subject), ``summary.csv``,
     ``dice_vs_ensemble.png`` and the figures of each subject to ``out`` (default RUN/evaluation).
-    Returns the summary rows (mean and std over subjects)."""
+    Returns the summary rows (mean and std over subjects). The prepared subjects come from the
+    cache ``cache`` (default: the run's, else ``out/cache``)."""
     if not steps or not ensemble or min(ensemble) < 1:
         raise BrainkernelsError(f"--ensemble sizes must be at least 1 and --steps non-empty; got {ensemble}, {steps}")
-    out = shipped.evaluation_folder(run_dir, out)
+    out, run_dir = shipped.evaluation_folder(run_dir, out), shipped.resolve(run_dir, PatchDDMConfig)
     distributed = setup(device)
     try:
         model, settings = _load_for_sampling(run_dir, distributed.device, precision)
@@ -171,6 +171,11 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
         if not test:
             raise BrainkernelsError(f"{data}: the cohort is too small to have test subjects")
         sizes = sorted(set(ensemble))
+        # The training's request (subjects with their masks, padded as the run's model needs).
+        requests = [preparation_request(subject, settings.volume_multiple, with_mask=True) for subject in test]
+        entries = prepared_entries(requests, PreparedCache(inference_cache_folder(cache, run_dir, out)), distributed,
+                                   quiet=quiet)
+        entry_of = {subject.subject_id: entry for subject, entry in zip(test, entries, strict=True)}
 
         def one(prepared: PreparedSubject) -> list[dict]:
             subject_id = prepared.subject_id
@@ -184,7 +189,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
             return rows
 
         results = run_cohort(test, one, distributed, description="evaluation", workers=workers, quiet=quiet,
-                             load=lambda subject: prepare_subject(subject, settings.volume_multiple, with_mask=True),
+                             load=lambda subject: cached_subject(entry_of[subject.subject_id]),
                              sizes=f"mode={settings.mode}", advice="Evaluate on a GPU with more memory.")
         rows = [row for rows in results for row in rows]
         summary = _summary(rows)

@@ -7,7 +7,7 @@ blocks, and MONAI's ``DiffusionModelUNet`` in the closest configuration (same ch
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -133,7 +133,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: PatchDDMCon
         teardown()
 
 
-def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[DiffusionUNet, PatchDDMConfig]:
+def load_trained(run_dir: str | os.PathLike,
+                 device: torch.device | str = "cpu") -> tuple[DiffusionUNet, PatchDDMConfig]:
     """The model of a PatchDDM run folder (its latest checkpoint) and the run's configuration."""
     trained = load_trained_run(run_dir, PatchDDMConfig, method=METHOD, architecture_keys=ARCHITECTURE_KEYS,
                                label="a PatchDDM run")

@@ -142,7 +142,7 @@ class DiffusionUNet(nn.Module):
         self.middle = nn.ModuleList([block(width, width), block(width, width)])
         self.up = nn.ModuleList()
         for level in reversed(levels):
-            for index in range(blocks + 1):
+            for _ in range(blocks + 1):
                 skip_channels.pop()
                 # The block's output must match the next skip it will be averaged with.
                 target = skip_channels[-1] if skip_channels else channels

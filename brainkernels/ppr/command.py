@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 
 from brainkernels.options import at_least
-from brainkernels.runtime.command import (add_export_verb, add_model_option, add_subjects_option, add_train_verb,
-                                         add_workers_option)
+from brainkernels.runtime.command import (
+    add_cache_option,
+    add_export_verb,
+    add_model_option,
+    add_subjects_option,
+    add_train_verb,
+    add_workers_option,
+)
 
 
 def _detect(arguments: argparse.Namespace) -> int:
@@ -24,7 +30,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
     aurocs = evaluate(arguments.model, arguments.data, arguments.out, mode=arguments.mode, tile=arguments.tile,
                       device=arguments.device, workers=arguments.workers, quiet=arguments.quiet,
-                      precision=arguments.precision, subjects=arguments.subjects)
+                      precision=arguments.precision, subjects=arguments.subjects, cache=arguments.cache)
     scores = list(aurocs)
     print(f"{'AUROC':<26}" + "".join(f"{score:>24}" for score in scores))
     for name in aurocs[scores[0]]:
@@ -60,7 +66,8 @@ def register_command(commands) -> None:
     add_train_verb(verbs, PPRConfig, train, help="train on the healthy scans of a CQ500-style cohort",
                    description="Train PPR (or --model ae, the autoencoder baseline) on healthy scans.",
                    data_help="CQ500-style folder (reads.csv, scans/)",
-                   summary=lambda settings, run: f"trained {settings.model} (m={settings.network_size}); run folder: {run}")
+                   summary=lambda settings, run: f"trained {settings.model} (m={settings.network_size}); "
+                                                 f"run folder: {run}")
     add_export_verb(verbs, method=METHOD, method_files=RUN_FILES)
 
     detect = verbs.add_parser("detect", help="anomaly maps (NIfTI + PNG) for scans",
@@ -80,4 +87,5 @@ def register_command(commands) -> None:
     evaluate.add_argument("--data", required=True, help="CQ500-style folder with structures.nii.gz")
     evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
     add_subjects_option(evaluate)
+    add_cache_option(evaluate)
     evaluate.set_defaults(run=_evaluate)

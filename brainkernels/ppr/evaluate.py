@@ -8,30 +8,28 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-import matplotlib
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
-
-from brainkernels.data.atomic import write_csv  # noqa: E402
-from brainkernels.data.command_folders import check_output_folder  # noqa: E402
-from brainkernels.data.layouts.common import load_label_map  # noqa: E402
-from brainkernels.data.layouts.cq500 import MASK_MEANING, CQ500Scan, load_cq500_structures, read_cq500  # noqa: E402
-from brainkernels.data.volume import Volume, nifti_files_below, save_nifti  # noqa: E402
-from brainkernels.errors import BrainkernelsError  # noqa: E402
-from brainkernels.metrics.undefined import Undefined  # noqa: E402
-from brainkernels.figures import figure_point, orthogonal_slices, save_figure  # noqa: E402
-from brainkernels.ppr import healthy_reference, reference_grid  # noqa: E402
-from brainkernels.ppr.data import PreparedScan, prepare  # noqa: E402
-from brainkernels.ppr.healthy_reference import error_maps  # noqa: E402
-from brainkernels.ppr.infer import Precision  # noqa: E402
-from brainkernels.ppr.train import PPRConfig, healthy_split, load_trained  # noqa: E402
-from brainkernels.runtime import RunFolder, setup, shipped, teardown  # noqa: E402
-from brainkernels.runtime.inference import evaluated, run_cohort  # noqa: E402
-from brainkernels.runtime.trainer import DEFAULT_WORKERS  # noqa: E402
+from brainkernels.atomic import write_csv
+from brainkernels.data.cache import PreparedCache
+from brainkernels.data.command_folders import check_output_folder
+from brainkernels.data.layouts.common import load_label_map
+from brainkernels.data.layouts.cq500 import MASK_MEANING, CQ500Scan, load_cq500_structures, read_cq500
+from brainkernels.data.volume import Volume, nifti_files_below, save_nifti
+from brainkernels.errors import BrainkernelsError
+from brainkernels.figures import figure_point, orthogonal_slices, plt, save_figure
+from brainkernels.metrics.undefined import Undefined
+from brainkernels.ppr import healthy_reference, reference_grid
+from brainkernels.ppr.data import PreparedScan, cached_scan, preparation_request, prepare
+from brainkernels.ppr.healthy_reference import error_maps
+from brainkernels.ppr.infer import Precision
+from brainkernels.ppr.train import PPRConfig, healthy_split, load_trained
+from brainkernels.runtime import RunFolder, setup, shipped, teardown
+from brainkernels.runtime.inference import evaluated, run_cohort
+from brainkernels.runtime.prepared import inference_cache_folder, prepared_entries
+from brainkernels.runtime.trainer import DEFAULT_WORKERS
 
 MAX_ERROR = "maximum error (paper)"
 VS_HEALTHY = "vs healthy scans"
@@ -171,12 +169,13 @@ def _score_column(label: str, score: str) -> str:
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
-             workers: int = DEFAULT_WORKERS, quiet: bool = False,
-             precision: Precision = "float32", subjects: str = "held-out") -> dict[str, dict[str, float]]:
+             workers: int = DEFAULT_WORKERS, quiet: bool = False, precision: Precision = "float32",
+             subjects: str = "held-out", cache: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
     """Score the held-out scans of the cohort at ``data`` (``subjects="all"``: every scan, for a
     cohort the model never saw) per structure; writes ``scores.csv``,
     ``auroc.csv`` and ``roc.png`` to ``out`` (default ``RUN/evaluation``) and returns the AUROCs,
-    per score (``VS_HEALTHY`` when the run has a healthy reference, and ``MAX_ERROR``) and structure."""
+    per score (``VS_HEALTHY`` when the run has a healthy reference, and ``MAX_ERROR``) and structure.
+    The prepared scans come from the cache ``cache`` (default: the run's, else ``out/cache``)."""
     out, run_dir = shipped.evaluation_folder(run_dir, out), shipped.resolve(run_dir, PPRConfig)
     distributed = setup(device)
     try:
@@ -187,6 +186,11 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
             raise BrainkernelsError(f"{cohort.root}: evaluation needs structures.nii.gz (hemispheres and skull)")
         structures = load_cq500_structures(cohort).data[0].long()
         held_out = evaluated(cohort.scans, healthy_split(cohort.scans, settings.split_seed)[1], subjects)
+        # The training's request: its settings are the run's, so scans it prepared are read again.
+        entries = prepared_entries([preparation_request(record.path, settings.patch) for record in held_out],
+                                   PreparedCache(inference_cache_folder(cache, run_dir, out)), distributed,
+                                   quiet=quiet)
+        entry_of = {record.name: entry for record, entry in zip(held_out, entries, strict=True)}
 
         def one(loaded: tuple[CQ500Scan, PreparedScan]):
             record, scan = loaded
@@ -195,7 +199,8 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
                                              structures)
 
         results = run_cohort(held_out, one, distributed, description="evaluation",
-                             load=lambda record: (record, prepare(record.path)), workers=workers, quiet=quiet,
+                             load=lambda record: (record, cached_scan(entry_of[record.name], record.path)),
+                             workers=workers, quiet=quiet,
                              sizes=f"mode={mode}, tile={tile}", advice="Lower --tile to use less memory.")
         scores = ([VS_HEALTHY] if reference is not None else []) + [MAX_ERROR]
         aurocs: dict[str, dict[str, float]] = {score: {} for score in scores}
@@ -223,7 +228,8 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
                                             "positives": sum(row[STRUCTURES[name][1]] for row in rows)}
                                            for score in scores for name, value in aurocs[score].items()])
             if curves:
-                save_figure(_roc_figure(curves, f"{settings.model.upper()} (m={settings.network_size}), {len(rows)} held-out scans"),
+                save_figure(_roc_figure(curves, f"{settings.model.upper()} (m={settings.network_size}), "
+                                                f"{len(rows)} held-out scans"),
                             out / "roc.png")
         return aurocs
     finally:

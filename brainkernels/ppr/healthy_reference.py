@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from brainkernels.errors import BrainkernelsError
 from brainkernels.ppr.autoencoder import AutoEncoder, reconstruction_error
 from brainkernels.ppr.data import PreparedScan
-from brainkernels.errors import BrainkernelsError
 from brainkernels.ppr.infer import Precision, anomaly_map
 from brainkernels.runtime import RunFolder, latest_checkpoint
 from brainkernels.runtime.checkpoint import describe_load_error, save_atomically
@@ -76,8 +76,13 @@ def build(model, scans: list[PreparedScan], checkpoint_name: str, device: torch.
 
 
 def save(run: RunFolder, reference: HealthyReference) -> None:
-    save_atomically({"checkpoint": reference.checkpoint, "mean": reference.mean, "std": reference.std,
-                     "floor": reference.floor}, run.root / FILE)
+    """Half precision on disk (a z-score needs no more; the file ships with built-in models)."""
+    save_atomically({"checkpoint": reference.checkpoint, "mean": _halved(reference.mean),
+                     "std": _halved(reference.std), "floor": reference.floor}, run.root / FILE)
+
+
+def _halved(maps: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {kind: value.half() for kind, value in maps.items()}
 
 
 def load(run: RunFolder) -> HealthyReference | None:
@@ -90,6 +95,9 @@ def load(run: RunFolder) -> HealthyReference | None:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         reference = HealthyReference(**saved)
         _check(reference)
+        reference = HealthyReference(reference.checkpoint, *({kind: value.float() for kind, value in maps.items()}
+                                                            for maps in (reference.mean, reference.std)),
+                                     reference.floor)
     except Exception as error:  # unpickling refused, a damaged file or other contents: all mean "do not use"
         raise BrainkernelsError(f"{path}: not a healthy reference written by brainkernels "
                                 f"({describe_load_error(error)}); "

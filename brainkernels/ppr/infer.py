@@ -112,7 +112,8 @@ def anomaly_map(model: PPRNet, volume: Tensor, *, mode: Literal["dense", "patchw
     map is interpolated (trilinear) to the full grid, as in the paper's reduced-resolution runs.
     """
     if volume.dim() != 4 or volume.shape[0] != model.channels:
-        raise ValueError(f"volume must have shape ({model.channels}, D, H, W) for this model; got {tuple(volume.shape)}")
+        raise ValueError(f"volume must have shape ({model.channels}, D, H, W) for this model; "
+                         f"got {tuple(volume.shape)}")
     if mode not in ("dense", "patchwise"):
         raise ValueError(f"mode must be 'dense' or 'patchwise'; got {mode!r}")
     model.eval()

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 from brainkernels.data.preprocess import Footprint, check_coregistration, foreground_footprint
 from brainkernels.errors import BrainkernelsError
 from brainkernels.runtime import RunFolder

@@ -91,6 +91,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: PPRConfig, 
     distributed = setup(settings.device)
     try:
         cohort = read_cq500(data)
+        if not any(scan.healthy for scan in cohort.scans):
+            raise BrainkernelsError(f"{data}: no healthy scans to train on (by the readers' majority in reads.csv, "
+                                    "every scan has a bleed or a fracture); PPR learns from healthy scans only")
         training, _ = healthy_split(cohort.scans, settings.split_seed)
         # The folder is claimed first: the cache lives in it by default.
         with claimed_run(out, distributed, settings, architecture_keys=ARCHITECTURE_KEYS, label="a PPR run",

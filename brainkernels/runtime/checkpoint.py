@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 from brainkernels.errors import BrainkernelsError
 
 FORMAT = "brainkernels-checkpoint"

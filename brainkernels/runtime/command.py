@@ -62,6 +62,13 @@ def add_subjects_option(parser: argparse.ArgumentParser) -> None:
                              "synthetic cohort)")
 
 
+def add_cache_option(parser: argparse.ArgumentParser) -> None:
+    """``--cache DIR`` of a cohort-inference verb."""
+    parser.add_argument("--cache", metavar="DIR", default=None,
+                        help="prepared-volume cache folder (default: the run's RUN/cache when it has one, so the "
+                             "entries training built are read again; else OUT/cache)")
+
+
 def add_model_option(parser: argparse.ArgumentParser, config_class: type, method: str) -> None:
     """``--model RUN|builtin:NAME`` of an inference verb."""
     names = ", ".join(shipped.PREFIX + name for name in shipped.shipped_models(config_class)) or "none in this version"

@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 
 import tomli_w
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 from brainkernels.errors import BrainkernelsError
 
 if sys.version_info >= (3, 11):
@@ -155,7 +155,8 @@ def load_config(config_class: type[Config], preset_or_path: str | os.PathLike | 
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(config).items()}
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(config).items()}
 
 
 def write_toml(config: Any, path: str | os.PathLike) -> None:
@@ -183,5 +184,6 @@ def add_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
 
 
 def config_from_arguments(config_class: type[Config], arguments: argparse.Namespace) -> Config:
-    overrides = {key.removeprefix("config."): value for key, value in vars(arguments).items() if key.startswith("config.")}
+    overrides = {key.removeprefix("config."): value for key, value in vars(arguments).items()
+                 if key.startswith("config.")}
     return load_config(config_class, arguments.config, overrides)

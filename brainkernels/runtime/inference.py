@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from brainkernels.errors import BrainkernelsError
 from brainkernels.runtime.distributed import Distributed
+from brainkernels.runtime.loader_workers import prepare_worker_start
 from brainkernels.runtime.progress import progress
 
 Item = TypeVar("Item")
@@ -58,6 +59,7 @@ def _as_is(loaded: Any) -> Any:
 def _inputs(items: Sequence, load: Callable | None, workers: int) -> Iterable:
     if load is None:
         return items
+    prepare_worker_start(workers)
     # One item ahead per worker: an item's inputs are whole volumes.
     return DataLoader(_Loaded(items, load), batch_size=None, collate_fn=_as_is, num_workers=workers,
                       prefetch_factor=1 if workers else None)

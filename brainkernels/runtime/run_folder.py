@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 from brainkernels.errors import BrainkernelsError
 
 LOCK = ".lock"

@@ -37,9 +37,10 @@ from brainkernels.memory import StorageTracker, format_bytes
 from brainkernels.runtime import checkpoint
 from brainkernels.runtime.config import renamed_keys
 from brainkernels.runtime.distributed import Distributed
+from brainkernels.runtime.loader_workers import prepare_worker_start
+from brainkernels.runtime.loss_curve import write_loss_curve
 from brainkernels.runtime.progress import progress
 from brainkernels.runtime.run_folder import RunFolder
-from brainkernels.runtime.loss_curve import write_loss_curve
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -175,6 +176,7 @@ class Trainer:
     def batches(self, start_step: int, device: torch.device) -> Iterator[list[Any]]:
         """The micro-batches of every step from ``start_step`` on, in a resumable order."""
         workers = self.config.workers
+        prepare_worker_start(workers)
         # One loader for the whole run, so its workers live as long as the run (as persistent
         # workers would across epochs). A private generator: creating a loader must not draw from
         # the global RNG, or a resumed run (which creates one mid-epoch) would drift.
@@ -204,7 +206,8 @@ class Trainer:
         with self._measure(device, measure) as tracker:
             for index, batch in enumerate(micro_batches):
                 last = index == len(micro_batches) - 1
-                sync = contextlib.nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync()
+                sync = (contextlib.nullcontext() if last or not isinstance(model, DistributedDataParallel)
+                        else model.no_sync())
                 with sync:
                     with self._autocast(device):
                         loss = self.loss_fn(model, _to_device(batch, device)) / len(micro_batches)

@@ -1,5 +1,6 @@
 """Triton kernels for brainkernels::coordinate_mlp (contract and packed layout in
-brainkernels.ops.coordinate_mlp and csrc/include/brainkernels/coordinate_mlp.h).
+brainkernels.ops.coordinate_mlp and csrc/coordinate_mlp/coordinate_mlp.h; the activation
+codes, the :class:`Spec` and the voxel :class:`Geometry` in brainkernels.specs.coordinate_mlp).
 
 Forward: one program per block of BLOCK_M voxels; the block's activations (BLOCK_M x WP, WP the
 width padded to a power of two >= 16) stay in registers, each layer a ``tl.dot`` with the layer's
@@ -24,12 +25,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from brainkernels.specs.coordinate_mlp import Spec, empty_grad_coords, geometry
+
 MIN_BLOCK, MAX_BLOCK = 16, 128
 # One software-pipelining stage: each stage holds a copy of a layer's weight tile and activation
 # block in shared memory, and at width 128 three stages (Triton's default) need 288 KiB, more than
 # an H100/H200 has (227 KiB per block); the loop over layers has nothing to overlap anyway.
 _STAGES = 1
-_ACT = {"wire": 0, "siren": 1, "relu": 2}
 
 
 def block_rows(block_size: int) -> int:
@@ -317,23 +319,19 @@ def _backward_kernel(
         tl.debug_barrier()
 
 
-def _geometry(spec, coords: Tensor | None) -> dict:
-    if coords is None:
-        shape = [1] * (3 - spec.dims) + list(spec.grid_shape)
-        offsets = [n / 2 for n in spec.grid_shape] + [0.0] * (3 - spec.dims)
-        return dict(s1=shape[1], s2=shape[2], off0=offsets[0], off1=offsets[1], off2=offsets[2],
-                    divisor=float(max(spec.grid_shape)), c_stride0=0, c_stride1=0)
-    return dict(s1=1, s2=max(coords.shape[0], 1), off0=0.0, off1=0.0, off2=0.0, divisor=1.0,
-                c_stride0=coords.stride(0), c_stride1=coords.stride(1))
+def _geometry(spec: Spec, coords: Tensor | None) -> dict:
+    where = geometry(spec, coords)
+    return dict(s1=where.shape[1], s2=where.shape[2], off0=where.offsets[0], off1=where.offsets[1],
+                off2=where.offsets[2], divisor=where.divisor, c_stride0=where.strides[0], c_stride1=where.strides[1])
 
 
-def _constants(spec, block: int) -> dict:
+def _constants(spec: Spec, block: int) -> dict:
     return dict(W=spec.width, WP=max(16, triton.next_power_of_2(spec.width)), DIMS=spec.dims, DEPTH=spec.depth,
-                MAPS=spec.maps, ACT=_ACT[spec.activation], RESIDUAL=spec.residual,
+                MAPS=spec.maps, ACT=spec.activation_code, RESIDUAL=spec.residual,
                 TF32=spec.dtype == torch.bfloat16, BLOCK_M=block)
 
 
-def forward(packed: Tensor, coords: Tensor | None, spec) -> Tensor:
+def forward(packed: Tensor, coords: Tensor | None, spec: Spec) -> Tensor:
     out = torch.empty(spec.out_shape(coords), dtype=spec.dtype, device=packed.device)
     count = out.numel()
     if count == 0:
@@ -348,14 +346,11 @@ def forward(packed: Tensor, coords: Tensor | None, spec) -> Tensor:
     return out
 
 
-def backward(grad_out: Tensor, packed: Tensor, coords: Tensor | None, spec, coords_grad: bool,
+def backward(grad_out: Tensor, packed: Tensor, coords: Tensor | None, spec: Spec, coords_grad: bool,
              num_partials: int) -> tuple[Tensor, Tensor, Tensor]:
     grad_packed = torch.zeros_like(packed)
     partials = torch.zeros((num_partials - 1, packed.shape[0]), dtype=packed.dtype, device=packed.device)
-    if coords is not None and coords_grad:
-        grad_coords = torch.empty((coords.shape[0], spec.dims), dtype=spec.dtype, device=packed.device)
-    else:
-        grad_coords = torch.empty(0, dtype=spec.dtype, device=packed.device)
+    grad_coords = empty_grad_coords(spec, coords, coords_grad, packed.device)
     count = spec.num_voxels(coords)
     if count == 0:
         return grad_packed, partials, grad_coords

@@ -1,6 +1,6 @@
 """Triton kernels for brainkernels::group_norm_silu (contract in brainkernels.ops.group_norm_silu).
 
-The same four passes as the C++ kernels (csrc/include/brainkernels/group_norm_silu.h): moments of
+The same four passes as the C++ kernels (csrc/group_norm_silu/group_norm_silu.h): moments of
 w = h + skip per (row, chunk), the forward y = act((w - center) * alpha + beta), and the two
 backward passes.
 A row is one (sample, channel) of the (N, C, S) views; one program handles one chunk of a row,

@@ -25,7 +25,8 @@ arguments = parser.parse_args()
 
 cohort = arguments.out / "ct"
 write_cohort("cq500", cohort, subjects=arguments.subjects, shape=arguments.shape, seed=1, overwrite=True)
-settings = PPRConfig(network_size=arguments.network_size, patch=19, patches_per_step=64, lr=1e-3, steps=arguments.steps, device="cpu")
+settings = PPRConfig(network_size=arguments.network_size, patch=19, patches_per_step=64, lr=1e-3, steps=arguments.steps,
+                     device="cpu")
 run = train(cohort, arguments.out / "run", settings, quiet=True)
 
 model, _ = load_trained(run)

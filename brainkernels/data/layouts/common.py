@@ -18,7 +18,7 @@ from brainkernels.data.volume import NIFTI_SUFFIXES, Volume, load_nifti
 
 def visible_entries(folder: Path) -> list[Path]:
     """Entries of ``folder``, sorted, without hidden ones: ``.DS_Store``, and the ``.name.XXXX``
-    temporary files of a writer that has not finished (``brainkernels.data.atomic``)."""
+    temporary files of a writer that has not finished (``brainkernels.atomic``)."""
     return sorted(entry for entry in folder.iterdir() if not entry.name.startswith("."))
 
 

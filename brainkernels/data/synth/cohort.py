@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import brainkernels
-from brainkernels.data.atomic import atomic_path
-from brainkernels.data.volume import check_voxel_count
+from brainkernels.atomic import atomic_path
 from brainkernels.data.synth import brats, cq500, dhcp
 from brainkernels.data.synth.subject import Subject
 from brainkernels.data.synth.writing import CohortLayout
+from brainkernels.data.volume import check_voxel_count
 
 GENERATOR = "brainkernels.data.synth"
 LAYOUTS: dict[str, CohortLayout] = {layout.kind: layout for layout in (cq500.LAYOUT, brats.LAYOUT, dhcp.LAYOUT)}
@@ -80,7 +80,6 @@ def write_cohort(
             raise ValueError(f"rescanned must be a share between 0 and 1; got {rescanned!r}")
         options["rescanned"] = float(rescanned)
     check_voxel_count((shape,) * 3, "shape")
-    layout = LAYOUTS[kind]
     root = Path(out)
     created = not root.exists()
     _prepare_folder(root, overwrite)

@@ -15,7 +15,7 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 from brainkernels.data.volume import Volume
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 from brainkernels.data.orientation import VIEWS, mark_orientation
 from brainkernels.data.synth.ct import HeadFindings, draw_fracture, draw_haemorrhage, render_ct
 from brainkernels.data.synth.mr import MODALITIES, SEG_LABELS, draw_tumour, render_brats

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainkernels.data.atomic import atomic_path
+from brainkernels.atomic import atomic_path
 
 
 @dataclass(frozen=True)

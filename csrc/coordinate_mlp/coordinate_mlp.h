@@ -1,15 +1,13 @@
 // Plain-data bridge between the bindings and the C++ kernels of brainkernels::coordinate_mlp,
-// the fused per-voxel MLP of the neonatal INR (see brainkernels/ops/coordinate_mlp.py).
+// the fused per-voxel MLP of the neonatal INR (see brainkernels/ops/coordinate_mlp/).
 #pragma once
 #include <cstdint>
+
+#include "common/dtype.h"
 
 namespace brainkernels {
 
 enum CoordinateMlpActivation : int32_t { kWire = 0, kSiren = 1, kRelu = 2 };
-
-// Element type of the per-voxel tensors (coordinates, output, its gradient, coordinate gradient).
-// float32 and bfloat16 compute in float, float64 in double; `packed` holds the compute type.
-enum CoordinateMlpIo : int32_t { kIoFloat32 = 0, kIoBfloat16 = 1, kIoFloat64 = 2 };
 
 // The network, with m = 2 linear maps per layer for WIRE (freqs, scale) and 1 otherwise:
 //   layer 0          dims  -> width   (the latent and the age are folded into its bias)
@@ -41,7 +39,10 @@ struct CoordinateMlpArgs {
   int64_t coords_stride[2];
   double grid_offset[3];
   double grid_divisor[3];
-  int32_t io;
+  // Element type of the per-voxel tensors (coordinates, output, its gradient, coordinate
+  // gradient): float32 and bfloat16 compute in float, float64 in double; `packed` holds the
+  // compute type.
+  Dtype io;
   int64_t block;      // voxels per block (a thread's unit of work)
   bool weight_grads;  // backward: also the weight matrices' gradients (else left 0: fitting a latent)
 };

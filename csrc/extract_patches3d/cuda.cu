@@ -1,6 +1,6 @@
 #include <cuda_runtime.h>
 
-#include "brainkernels/patches3d.h"
+#include "extract_patches3d/extract_patches3d.h"
 
 namespace brainkernels {
 namespace cuda {
@@ -17,7 +17,7 @@ int blocks_for(int64_t elements) {
 
 // Maps output element i of a contiguous (N, C, s, s, s) patch tensor to its volume
 // voxel; returns false where the patch lies outside the volume.
-__device__ inline bool patch_voxel(const Patches3dArgs& a, int64_t i, int64_t* c, int64_t* z,
+__device__ inline bool patch_voxel(const ExtractPatches3dArgs& a, int64_t i, int64_t* c, int64_t* z,
                                    int64_t* y, int64_t* x) {
   const VolumeGeometry& g = a.volume;
   const int64_t s = a.size, half = s / 2;
@@ -37,7 +37,7 @@ __device__ inline bool patch_voxel(const Patches3dArgs& a, int64_t i, int64_t* c
 }
 
 template <typename T>
-__global__ void forward_kernel(Patches3dArgs a, const T* __restrict__ volume, T padding,
+__global__ void forward_kernel(ExtractPatches3dArgs a, const T* __restrict__ volume, T padding,
                                T* __restrict__ patches, int64_t total) {
   const VolumeGeometry& g = a.volume;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -50,7 +50,7 @@ __global__ void forward_kernel(Patches3dArgs a, const T* __restrict__ volume, T 
 }
 
 template <typename T>
-__global__ void backward_kernel(Patches3dArgs a, const T* __restrict__ grad_patches,
+__global__ void backward_kernel(ExtractPatches3dArgs a, const T* __restrict__ grad_patches,
                                 T* __restrict__ grad_volume, int64_t total) {
   const VolumeGeometry& g = a.volume;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -62,7 +62,7 @@ __global__ void backward_kernel(Patches3dArgs a, const T* __restrict__ grad_patc
   }
 }
 
-int64_t patch_elements(const Patches3dArgs& a) {
+int64_t patch_elements(const ExtractPatches3dArgs& a) {
   return a.num_patches * a.volume.channels * a.size * a.size * a.size;
 }
 
@@ -73,14 +73,14 @@ const char* launch_status() {
 
 }  // namespace
 
-const char* extract_patches3d_forward(const Patches3dArgs& args, const void* volume,
-                                      int element_size, uint64_t padding_bits, void* patches,
+const char* extract_patches3d_forward(const ExtractPatches3dArgs& args, const void* volume,
+                                      Dtype dtype, uint64_t padding_bits, void* patches,
                                       uintptr_t stream) {
   const int64_t total = patch_elements(args);
   if (total == 0) return nullptr;
   auto* cuda_stream = reinterpret_cast<cudaStream_t>(stream);
   const int blocks = blocks_for(total);
-  switch (element_size) {
+  switch (dtype_size(dtype)) {
     case 2:
       forward_kernel<<<blocks, kThreads, 0, cuda_stream>>>(
           args, static_cast<const uint16_t*>(volume), static_cast<uint16_t>(padding_bits),
@@ -97,18 +97,21 @@ const char* extract_patches3d_forward(const Patches3dArgs& args, const void* vol
           static_cast<uint64_t*>(patches), total);
       break;
     default:
-      return "extract_patches3d: element_size must be 2, 4 or 8";
+      return "extract_patches3d: unknown volume dtype";
   }
   return launch_status();
 }
 
-const char* extract_patches3d_backward(const Patches3dArgs& args, const void* grad_patches,
-                                       bool is_double, void* grad_volume, uintptr_t stream) {
+const char* extract_patches3d_backward(const ExtractPatches3dArgs& args, const void* grad_patches,
+                                       Dtype dtype, void* grad_volume, uintptr_t stream) {
+  if (dtype != Dtype::kFloat32 && dtype != Dtype::kFloat64) {
+    return "extract_patches3d: the backward takes float32 or float64 gradients";
+  }
   const int64_t total = patch_elements(args);
   if (total == 0) return nullptr;
   auto* cuda_stream = reinterpret_cast<cudaStream_t>(stream);
   const int blocks = blocks_for(total);
-  if (is_double) {
+  if (dtype == Dtype::kFloat64) {
     backward_kernel<<<blocks, kThreads, 0, cuda_stream>>>(
         args, static_cast<const double*>(grad_patches), static_cast<double*>(grad_volume), total);
   } else {

@@ -1,16 +1,17 @@
-// brainkernels::group_norm_silu on the CPU: the kernels of group_norm_silu_kernels.inc compiled
-// for AVX-512, AVX2+FMA and the baseline ISA, and the entry points of
-// brainkernels/group_norm_silu.h that run the set brainkernels/cpu_isa.h chooses. (Per-set
-// target pragmas instead of per-file -m flags: a file compiled with -mavx512f could give the
-// linker AVX-512 copies of inline library functions that the baseline code then calls.)
+// brainkernels::group_norm_silu on the CPU: the kernels of cpu_kernels.inc compiled for AVX-512,
+// AVX2+FMA and the baseline ISA, and the entry points of group_norm_silu.h that run the set
+// common/cpu_isa.h chooses. (Per-set target pragmas instead of per-file -m flags: a file compiled
+// with -mavx512f could give the linker AVX-512 copies of inline library functions that the
+// baseline code then calls.)
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <type_traits>
 
-#include "brainkernels/cpu_isa.h"
-#include "brainkernels/group_norm_silu.h"
+#include "common/cpu_isa.h"
+#include "common/cpu_simd.h"
+#include "group_norm_silu/group_norm_silu.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
 #define BK_GN_VECTOR_PATHS 1
@@ -25,20 +26,20 @@ namespace cpu {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
 namespace avx512 {
-#include "group_norm_silu_kernels.inc"
+#include "cpu_kernels.inc"
 }  // namespace avx512
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
-#include "group_norm_silu_kernels.inc"
+#include "cpu_kernels.inc"
 }  // namespace avx2
 #pragma GCC pop_options
 #endif
 
 namespace baseline {
-#include "group_norm_silu_kernels.inc"
+#include "cpu_kernels.inc"
 }  // namespace baseline
 
 #if BK_GN_VECTOR_PATHS

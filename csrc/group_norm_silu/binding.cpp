@@ -6,8 +6,8 @@
 #include <array>
 #include <stdexcept>
 
-#include "brainkernels/bindings.h"
-#include "brainkernels/group_norm_silu.h"
+#include "common/bindings.h"
+#include "group_norm_silu/group_norm_silu.h"
 
 namespace py = pybind11;
 using brainkernels::GroupNormSiluArgs;
@@ -22,7 +22,6 @@ RowsView rows_view(uintptr_t data, const Shape3& strides) {
 
 GroupNormSiluArgs make_args(int dtype, int activation, Shape3 shape, int64_t chunk, uintptr_t h, Shape3 h_strides,
                             uintptr_t skip, Shape3 skip_strides) {
-  if (dtype < 0 || dtype > 3) throw std::invalid_argument("group_norm_silu: dtype code must be 0 to 3");
   if (activation < 0 || activation > 1) throw std::invalid_argument("group_norm_silu: activation code must be 0 or 1");
   if (shape[0] < 0 || shape[1] < 0 || shape[2] < 1 || chunk < 1) {
     throw std::invalid_argument("group_norm_silu: sizes must be non-negative, spatial and chunk at least 1");
@@ -33,7 +32,7 @@ GroupNormSiluArgs make_args(int dtype, int activation, Shape3 shape, int64_t chu
   args.spatial = shape[2];
   args.chunk = chunk;
   args.num_chunks = (shape[2] + chunk - 1) / chunk;
-  args.dtype = static_cast<brainkernels::GnDtype>(dtype);
+  args.dtype = brainkernels::dtype_arg(dtype, "group_norm_silu");
   args.activation = static_cast<brainkernels::GnActivation>(activation);
   args.h = rows_view(h, h_strides);
   args.skip = rows_view(skip, skip_strides);

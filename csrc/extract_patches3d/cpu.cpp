@@ -2,7 +2,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "brainkernels/patches3d.h"
+#include "extract_patches3d/extract_patches3d.h"
 
 namespace brainkernels {
 namespace cpu {
@@ -10,7 +10,7 @@ namespace {
 
 // T is an unsigned integer of the element's width: a forward pass only moves bits.
 template <typename T>
-void forward_rows(const Patches3dArgs& a, const T* volume, T padding, T* patches, int num_threads) {
+void forward_rows(const ExtractPatches3dArgs& a, const T* volume, T padding, T* patches, int num_threads) {
   const VolumeGeometry& g = a.volume;
   const int64_t s = a.size, half = s / 2;
   // One task per output row (n, c, dz, dy): rows are contiguous in the output, and along
@@ -47,7 +47,7 @@ void forward_rows(const Patches3dArgs& a, const T* volume, T padding, T* patches
 }
 
 template <typename T>
-void backward_planes(const Patches3dArgs& a, const T* grad_patches, T* grad_volume, int num_threads) {
+void backward_planes(const ExtractPatches3dArgs& a, const T* grad_patches, T* grad_volume, int num_threads) {
   const VolumeGeometry& g = a.volume;
   const int64_t s = a.size, half = s / 2;
   const int64_t planes = g.channels * g.depth;
@@ -78,9 +78,9 @@ void backward_planes(const Patches3dArgs& a, const T* grad_patches, T* grad_volu
 
 }  // namespace
 
-void extract_patches3d_forward(const Patches3dArgs& args, const void* volume, int element_size,
+void extract_patches3d_forward(const ExtractPatches3dArgs& args, const void* volume, Dtype dtype,
                                uint64_t padding_bits, void* patches, int num_threads) {
-  switch (element_size) {
+  switch (dtype_size(dtype)) {
     case 2:
       forward_rows(args, static_cast<const uint16_t*>(volume), static_cast<uint16_t>(padding_bits),
                    static_cast<uint16_t*>(patches), num_threads);
@@ -94,18 +94,23 @@ void extract_patches3d_forward(const Patches3dArgs& args, const void* volume, in
                    static_cast<uint64_t*>(patches), num_threads);
       break;
     default:
-      throw std::invalid_argument("extract_patches3d: element_size must be 2, 4 or 8");
+      throw std::invalid_argument("extract_patches3d: unknown volume dtype");
   }
 }
 
-void extract_patches3d_backward(const Patches3dArgs& args, const void* grad_patches, bool is_double,
+void extract_patches3d_backward(const ExtractPatches3dArgs& args, const void* grad_patches, Dtype dtype,
                                 void* grad_volume, int num_threads) {
-  if (is_double) {
-    backward_planes(args, static_cast<const double*>(grad_patches), static_cast<double*>(grad_volume),
-                    num_threads);
-  } else {
-    backward_planes(args, static_cast<const float*>(grad_patches), static_cast<float*>(grad_volume),
-                    num_threads);
+  switch (dtype) {
+    case Dtype::kFloat64:
+      backward_planes(args, static_cast<const double*>(grad_patches), static_cast<double*>(grad_volume),
+                      num_threads);
+      break;
+    case Dtype::kFloat32:
+      backward_planes(args, static_cast<const float*>(grad_patches), static_cast<float*>(grad_volume),
+                      num_threads);
+      break;
+    default:
+      throw std::invalid_argument("extract_patches3d: the backward takes float32 or float64 gradients");
   }
 }
 

@@ -1,4 +1,4 @@
-#include "brainkernels/cpu_isa.h"
+#include "common/cpu_isa.h"
 
 #include <atomic>
 #include <cstdlib>

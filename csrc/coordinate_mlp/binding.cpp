@@ -2,7 +2,7 @@
 // (dims, width, depth, activation, omega, scale, residual) and the voxels as
 // (shape, coords, coords_strides, grid_offset, grid_divisor, io, block); the backward takes
 // weight_grads beside them; see
-// brainkernels/coordinate_mlp.h for their meaning.
+// coordinate_mlp.h for their meaning.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -10,8 +10,8 @@
 #include <cstdint>
 #include <tuple>
 
-#include "brainkernels/bindings.h"
-#include "brainkernels/coordinate_mlp.h"
+#include "common/bindings.h"
+#include "coordinate_mlp/coordinate_mlp.h"
 
 namespace py = pybind11;
 using brainkernels::CoordinateMlpArgs;
@@ -36,7 +36,7 @@ CoordinateMlpArgs make_args(const Network& network, uintptr_t packed, const Voxe
   a.coords = reinterpret_cast<const void*>(coords);
   a.coords_stride[0] = coords_stride[0];
   a.coords_stride[1] = coords_stride[1];
-  a.io = io;
+  a.io = brainkernels::dtype_arg(io, "coordinate_mlp");
   a.block = block;
   return a;
 }

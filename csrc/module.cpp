@@ -5,8 +5,9 @@
 
 #include <string>
 
-#include "brainkernels/bindings.h"
-#include "brainkernels/cpu_isa.h"
+#include "common/bindings.h"
+#include "common/cpu_isa.h"
+#include "common/dtype.h"
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "brainkernels compiled kernels (C++/OpenMP and, when built, CUDA)";
@@ -22,7 +23,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isa_active", [] { return std::string(brainkernels::cpu::cpu_isa_name(brainkernels::cpu::cpu_isa_active())); });
   m.def("cpu_isa_is_forced", &brainkernels::cpu::cpu_isa_is_forced);
   m.def("cpu_isa_force", &brainkernels::cpu::cpu_isa_force, "force an instruction set (avx512, avx2, baseline; '' = the best)");
-  brainkernels::bind_patches3d(m);
+  pybind11::dict dtype_codes;  // {torch dtype name: code}, the table of common/dtype.h
+  for (const brainkernels::DtypeEntry& entry : brainkernels::kDtypes) {
+    dtype_codes[entry.name] = static_cast<int32_t>(entry.code);
+  }
+  m.attr("dtype_codes") = dtype_codes;
+  brainkernels::bind_extract_patches3d(m);
   brainkernels::bind_group_norm_silu(m);
   brainkernels::bind_coordinate_mlp(m);
 }

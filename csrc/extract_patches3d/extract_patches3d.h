@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "common/dtype.h"
+
 #if defined(__CUDACC__)
 #define BRAINKERNELS_HOST_DEVICE __host__ __device__
 #else
@@ -21,7 +23,7 @@ struct VolumeGeometry {
 // Patch k along an axis of a patch of `size` voxels centred at c reads volume index
 // c - size / 2 + k, for odd and even sizes alike (even sizes: the centre is the voxel
 // at index size / 2 of the patch).
-struct Patches3dArgs {
+struct ExtractPatches3dArgs {
   VolumeGeometry volume;
   const int64_t* centers;  // (num_patches, 3) contiguous, voxel indices (d, h, w)
   int64_t num_patches;
@@ -35,24 +37,24 @@ BRAINKERNELS_HOST_DEVICE inline int64_t clamp_center(int64_t center, int64_t ext
 }
 
 namespace cpu {
-// element_size is 2, 4 or 8 bytes: extraction is a copy, so the bit pattern is all
-// that matters; padding_bits holds the padding value in the volume's dtype.
-void extract_patches3d_forward(const Patches3dArgs& args, const void* volume, int element_size,
+// Extraction is a copy, so of the volume's dtype only its size matters; padding_bits holds the
+// padding value in that dtype.
+void extract_patches3d_forward(const ExtractPatches3dArgs& args, const void* volume, Dtype dtype,
                                uint64_t padding_bits, void* patches, int num_threads);
 // grad_patches is contiguous (N, C, s, s, s); grad_volume is contiguous (C, D, H, W),
-// zero-initialised by the caller and accumulated into. is_double selects float64.
-void extract_patches3d_backward(const Patches3dArgs& args, const void* grad_patches,
-                                bool is_double, void* grad_volume, int num_threads);
+// zero-initialised by the caller and accumulated into; both of `dtype`, float32 or float64.
+void extract_patches3d_backward(const ExtractPatches3dArgs& args, const void* grad_patches,
+                                Dtype dtype, void* grad_volume, int num_threads);
 }  // namespace cpu
 
 namespace cuda {
 // Same contracts as the CPU kernels, launched on `stream` on the current device.
 // Return nullptr on success, otherwise the CUDA error message.
-const char* extract_patches3d_forward(const Patches3dArgs& args, const void* volume,
-                                      int element_size, uint64_t padding_bits, void* patches,
+const char* extract_patches3d_forward(const ExtractPatches3dArgs& args, const void* volume,
+                                      Dtype dtype, uint64_t padding_bits, void* patches,
                                       uintptr_t stream);
-const char* extract_patches3d_backward(const Patches3dArgs& args, const void* grad_patches,
-                                       bool is_double, void* grad_volume, uintptr_t stream);
+const char* extract_patches3d_backward(const ExtractPatches3dArgs& args, const void* grad_patches,
+                                       Dtype dtype, void* grad_volume, uintptr_t stream);
 }  // namespace cuda
 
 }  // namespace brainkernels

@@ -19,9 +19,10 @@
 #pragma once
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace brainkernels {
 
-enum class GnDtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 enum class GnActivation : int { kNone = 0, kSilu = 1 };
 
 // A tensor seen as (batch, channels, spatial) through element strides, so any layout whose
@@ -36,7 +37,7 @@ struct GroupNormSiluArgs {
   int64_t batch, channels, spatial;
   int64_t chunk;       // voxels per task along a row, >= 1
   int64_t num_chunks;  // ceil(spatial / chunk)
-  GnDtype dtype;       // of h, skip, grad_out and the outputs
+  Dtype dtype;         // of h, skip, grad_out and the outputs
   GnActivation activation;
   RowsView h, skip;
 };
