@@ -1,6 +1,7 @@
 """The INR auto-decoder's parts: the latent table, SGLA, the test split, latent fitting, and the
 image metrics it is evaluated with."""
 
+import math
 import warnings
 
 import numpy as np
@@ -8,11 +9,14 @@ import pytest
 import torch
 
 from brainkernels.data.layouts.dhcp import DHCPScan
-from brainkernels.inr.data import ModelInput
-from brainkernels.inr.infer import check_age, fit_latent
-from brainkernels.inr.model import AutoDecoder
-from brainkernels.inr.train import latent_keys, reconstruction_loss, split_test_subjects
+from brainkernels.inr.data import ModelGrid, ModelInput, SampledVoxels
+from brainkernels.inr.evaluate import head_mask
+from brainkernels.inr.infer import atlas_latents, check_age, fit_latent
+from brainkernels.inr.model import AutoDecoder, bound_norm
+from brainkernels.inr.train import (INRConfig, latent_keys, reconstruction_loss, split_test_subjects,
+                                    unmirrored_rows)
 from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
+from brainkernels.ops.coordinate_mlp import grid_coordinates
 
 SMALL = dict(dims=2, latent_size=4, width=8, depth=3)
 
@@ -23,13 +27,29 @@ def batch(indices, points=5):
             "age": torch.full((len(indices),), 0.5), "latent_index": torch.tensor(indices)}
 
 
-def test_latents_start_at_zero_and_stay_within_the_norm_bound():
-    model = AutoDecoder(3, max_norm=0.5, **SMALL)
+@pytest.mark.parametrize(("norm_type", "bounded"), [(2.0, [0.3, 0.4, 0.0, 0.0]), (math.inf, [0.375, 0.5, 0.0, 0.0])])
+def test_latents_start_at_zero_and_stay_within_the_norm_bound(norm_type, bounded):
+    model = AutoDecoder(3, max_norm=0.5, norm_type=norm_type, **SMALL)
     assert model.latents.weight.shape == (4, 4) and not model.latents.weight.any()
     with torch.no_grad():
         model.latents.weight[1] = torch.tensor([3.0, 4.0, 0.0, 0.0])
-    assert torch.linalg.vector_norm(model.latent(1)).item() == pytest.approx(0.5)
+    torch.testing.assert_close(model.latent(1), torch.tensor(bounded))
     assert model.global_index == 3
+
+
+@pytest.mark.parametrize(("norm_type", "bounded"), [(2.0, [0.3, 0.4, 0.0, 0.0]), (math.inf, [0.375, 0.5, 0.0, 0.0])])
+def test_fitted_latents_are_bounded_as_the_table_bounds_its_rows(norm_type, bounded):
+    torch.testing.assert_close(bound_norm(torch.tensor([3.0, 4.0, 0.0, 0.0]), 0.5, norm_type), torch.tensor(bounded))
+    inside = torch.tensor([0.1, -0.2, 0.0, 0.0])
+    assert torch.equal(bound_norm(inside, 0.5, norm_type), inside)
+
+
+def test_only_the_l2_and_linf_bounds_are_accepted():
+    with pytest.raises(ValueError, match="norm_type"):
+        AutoDecoder(2, norm_type=1.0, **SMALL)
+    with pytest.raises(ValueError, match="norm_type"):
+        INRConfig(norm_type=3.0)
+    assert INRConfig().norm_type == math.inf  # the paper's code
 
 
 def test_fused_and_reference_networks_agree():
@@ -57,8 +77,54 @@ def scan(subject, session, age):
 
 def test_ssl_shares_a_latent_across_a_subjects_scans():
     scans = [scan("a", "1", 30.0), scan("a", "2", 40.0), scan("b", "1", 35.0)]
-    assert latent_keys(scans, ssl=True) == ["a", "b"]
-    assert latent_keys(scans, ssl=False) == ["a/1", "a/2", "b/1"]
+    assert latent_keys(scans, ssl=True, flip=False) == ["a", "b"]
+    assert latent_keys(scans, ssl=False, flip=False) == ["a/1", "a/2", "b/1"]
+
+
+def test_a_mirrored_baby_has_a_latent_of_its_own():
+    scans = [scan("a", "1", 30.0), scan("a", "2", 40.0), scan("b", "1", 35.0)]
+    assert latent_keys(scans, ssl=True, flip=True) == ["a", "b", "a#flip", "b#flip"]
+    assert latent_keys(scans, ssl=False, flip=True) == ["a/1", "a/2", "b/1", "a/1#flip", "a/2#flip", "b/1#flip"]
+
+
+def test_the_mean_latent_is_over_the_real_babies_only():
+    keys = ["a", "b", "a#flip", "b#flip"]
+    model = AutoDecoder(len(keys), **SMALL)
+    with torch.no_grad():
+        model.latents.weight[:4] = torch.tensor([[0.2] * 4, [0.4] * 4, [-0.9] * 4, [-0.9] * 4])
+    assert unmirrored_rows(keys) == [0, 1]
+    atlas = atlas_latents(model, unmirrored_rows(keys))
+    torch.testing.assert_close(atlas["mean"], torch.full((4,), 0.3))
+    assert not atlas["zero"].any()
+
+
+class Prepared:
+    """A cache entry's stand-in: the image and its head voxels."""
+
+    def __init__(self, image):
+        self.arrays = {"image": image, "head": torch.arange(image.numel())}
+
+    def tensor(self, name):
+        return self.arrays[name]
+
+
+def test_flip_mirrors_half_of_the_items_left_right_under_their_own_latent():
+    image = torch.rand(6, 5)
+    grid = ModelGrid((6, 5, 3), (1.0, 1.0, 1.0), 2)
+    voxels = SampledVoxels([Prepared(image)], [scan("a", "1", 30.0)], grid, [0], pixel_ratio=1.0,
+                           foreground_share=0.5, mirrored_index=[1])
+    coordinates = grid_coordinates((6, 5))
+    views = {0: image, 1: torch.flip(image, [0])}  # what latent 0 and latent 1 are trained to show
+    torch.manual_seed(0)
+    seen = []
+    for _ in range(40):
+        item = voxels[0]
+        seen.append(int(item["latent_index"]))
+        at = torch.cdist(item["coords"], coordinates).argmin(dim=1)  # the grid voxel of each coordinate
+        torch.testing.assert_close(item["targets"], views[seen[-1]].reshape(-1)[at])
+    assert 10 < sum(seen) < 30  # about half mirrored
+    unflipped = SampledVoxels([Prepared(image)], [scan("a", "1", 30.0)], grid, [0], 1.0, 0.5)
+    assert {int(unflipped[0]["latent_index"]) for _ in range(10)} == {0}
 
 
 def test_test_subjects_have_two_sessions_and_are_held_out_whole():
@@ -69,17 +135,19 @@ def test_test_subjects_have_two_sessions_and_are_held_out_whole():
     assert split_test_subjects(scans[:1], seed=0) == (scans[:1], [])
 
 
-def test_fitting_a_latent_reproduces_an_image_decoded_from_a_known_latent():
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_fitting_a_latent_reproduces_an_image_decoded_from_a_known_latent(norm_type):
     torch.manual_seed(1)
-    model = AutoDecoder(1, **SMALL).requires_grad_(False)
-    known = torch.tensor([0.3, -0.2, 0.1, 0.0])
+    model = AutoDecoder(1, norm_type=norm_type, **SMALL).requires_grad_(False)
+    known = torch.tensor([0.9, -0.8, 0.7, 0.0])  # L2 norm 1.4: reachable only under the L∞ bound
     target = model.network((12, 12), check_age(35.0), known)
     image = ModelInput(target, target > 0, 1.0, np.eye(4))
     fitted = fit_latent(model, image, 35.0, steps=300, lr=1e-2)
     before = torch.mean((model.network((12, 12), check_age(35.0), torch.zeros(4)) - target) ** 2)
     after = torch.mean((model.network((12, 12), check_age(35.0), fitted) - target) ** 2)
-    assert after < before / 4
-    assert torch.linalg.vector_norm(fitted) <= model.max_norm + 1e-6
+    if norm_type == math.inf:
+        assert after < before / 4
+    assert torch.linalg.vector_norm(fitted, ord=norm_type) <= model.max_norm + 1e-6
 
 
 def test_ages_inside_the_range_do_not_warn():
@@ -98,6 +166,16 @@ def test_image_metrics():
     assert ssim(target, target) == pytest.approx(1.0) and ssim(predicted + np.eye(16) / 2, target) < 1
     with pytest.raises(ValueError, match="differs from target shape"):
         mae(np.zeros(3), np.zeros(4))
+
+
+def test_the_head_mask_spans_scalp_and_brain_across_the_dark_skull_and_breaks_in_the_scalp():
+    y, x = np.mgrid[:64, :64] - 31.5
+    radius, angle = np.hypot(x, y), np.degrees(np.arctan2(y, x)) % 30
+    image = np.where(radius < 10, 0.6, 0.0)  # the brain
+    image[(radius >= 13) & (radius < 15) & (angle > 1.5)] = 0.8  # a thin scalp, broken every 30 degrees
+    head = head_mask(torch.from_numpy(image), (2.5, 2.5, 2.5))
+    assert head[radius < 14.5].all() and not head[radius > 15.5].any()
+    assert head_circumference_cm(head, (2.5, 2.5, 2.5)) == pytest.approx(2 * np.pi * 15 * 0.25, rel=0.05)
 
 
 def test_head_circumference_of_a_disc_and_of_an_ellipse():

@@ -25,6 +25,7 @@ from brainkernels.inr.predict import atlas, predict
 from brainkernels.inr.train import INRConfig, load_trained, model_grid, split_test_subjects, train
 from brainkernels.metrics.image import psnr
 from brainkernels.ops.coordinate_mlp import grid_coordinates
+from brainkernels.runtime import config
 
 SHAPE = 16
 TINY = dict(width=16, depth=3, latent_size=8, batch_size=2, checkpoint_every=100, device="cpu")
@@ -114,9 +115,11 @@ def test_python_api_3d(cohort, run_3d, tmp_path):
     run, settings = run_3d
     trained = load_trained(run)
     assert trained.settings == settings and trained.grid.shape == (SHAPE,) * 3
-    # SSL: one latent per training subject, whole subjects held out for testing, plus the global one.
-    training_subjects = set(trained.keys)
-    assert trained.model.latents.num_embeddings == len(training_subjects) + 1
+    # SSL: one latent per training subject and one per its mirror image (flip), whole subjects held
+    # out for testing, plus the global one.
+    training_subjects = {scan.subject_id for scan in split_test_subjects(read_dhcp(cohort), settings.split_seed)[0]}
+    assert set(trained.keys) == training_subjects | {subject + "#flip" for subject in training_subjects}
+    assert trained.model.latents.num_embeddings == 2 * len(training_subjects) + 1
     results = evaluate(run, cohort, tmp_path / "evaluation", fit_steps=2, fit_voxels=64, quiet=True)
     summary = results["model"]
     assert -1 <= summary["ssim"] <= 1 and summary["psnr"] > 0 and 0 <= summary["mae"] <= 1
@@ -131,6 +134,15 @@ def test_python_api_3d(cohort, run_3d, tmp_path):
     assert image.shape == (SHAPE,) * 3
     np.testing.assert_allclose(image.affine, nib.as_closest_canonical(nib.load(scan)).affine, atol=1e-5)
     assert np.isfinite(image.get_fdata()).all()
+
+
+@pytest.mark.parametrize("preset", ["paper", "small"])
+def test_each_preset_loads_and_trains(cohort, tmp_path, preset):
+    assert preset in config.preset_names(INRConfig)
+    settings = config.load_config(INRConfig, preset, {"steps": 2, "device": "cpu", "workers": 0})
+    assert settings != INRConfig(steps=2, device="cpu", workers=0)  # the preset changed something
+    run = train(cohort, tmp_path / preset, settings, quiet=True)
+    assert load_trained(run).settings == settings
 
 
 def test_ablation_trains_and_tables_the_four_variants(cohort, tmp_path):

@@ -130,25 +130,31 @@ def cached_input(entry: Entry) -> ModelInput:
     return ModelInput(image, foreground.reshape(image.shape), entry.values["scale"], np.array(entry.values["affine"]))
 
 
-def voxel_coordinates(indices: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """``grid_coordinates(shape)[indices]`` (float32) without making the whole grid's coordinates."""
+def voxel_coordinates(indices: Tensor, shape: tuple[int, ...], mirrored: bool = False) -> Tensor:
+    """``grid_coordinates(shape)[indices]`` (float32) without making the whole grid's coordinates;
+    ``mirrored``: of the voxels mirrored along the first axis (left-right)."""
     divisor = max(shape)
-    axes = torch.unravel_index(indices, shape)
+    axes = list(torch.unravel_index(indices, shape))
+    if mirrored:
+        axes[0] = shape[0] - 1 - axes[0]
     return torch.stack([(axis.float() - size / 2) / divisor for axis, size in zip(axes, shape, strict=True)], dim=1)
 
 
 class SampledVoxels(Dataset):
     """Training items: per cached scan, ``ceil(pixel_ratio * voxels)`` voxels with their
     coordinates, ``foreground_share`` of them drawn from the head, the rest anywhere, and the
-    scan's normalised age and latent index (its subject's with SSL, its own without). Voxels
-    come from torch's generator.
+    scan's normalised age and latent index (its subject's with SSL, its own without). With
+    ``mirrored_index`` (flip augmentation, as the paper's code), half of the items show the scan
+    mirrored left-right, a baby of its own with the latent ``mirrored_index[index]``. Voxels and
+    flips come from torch's generator.
 
     Item: ``coords`` (M, dims), ``targets`` (M,), ``age`` scalar, ``latent_index`` int64.
     """
 
     def __init__(self, entries: list[Entry], scans: list[DHCPScan], grid: ModelGrid, latent_index: list[int],
-                 pixel_ratio: float, foreground_share: float) -> None:
+                 pixel_ratio: float, foreground_share: float, mirrored_index: list[int] | None = None) -> None:
         self.entries, self.scans, self.grid, self.latent_index = entries, scans, grid, latent_index
+        self.mirrored_index = mirrored_index
         self.voxels = math.prod(grid.model_shape)
         self.samples = max(1, math.ceil(pixel_ratio * self.voxels))
         self.foreground_samples = round(foreground_share * self.samples)
@@ -161,9 +167,10 @@ class SampledVoxels(Dataset):
         head = entry.tensor("head")
         chosen = torch.cat([head[torch.randint(len(head), (self.foreground_samples,))],
                             torch.randint(self.voxels, (self.samples - self.foreground_samples,))])
+        mirrored = self.mirrored_index is not None and bool(torch.rand(()) < 0.5)
         return {
-            "coords": voxel_coordinates(chosen, self.grid.model_shape),
+            "coords": voxel_coordinates(chosen, self.grid.model_shape, mirrored),
             "targets": entry.tensor("image").reshape(-1)[chosen],
             "age": torch.tensor(self.scans[index].normalised_age, dtype=torch.float32),
-            "latent_index": torch.tensor(self.latent_index[index]),
+            "latent_index": torch.tensor((self.mirrored_index if mirrored else self.latent_index)[index]),
         }

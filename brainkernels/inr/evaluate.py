@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage
+import torch
 from scipy import stats
 
 from brainkernels.atomic import write_csv
@@ -32,16 +34,29 @@ from brainkernels.runtime.trainer import DEFAULT_WORKERS
 HEAD_THRESHOLD = 0.2
 """Normalised intensity above which a voxel is head (scalp and brain; background noise and the
 dark skull lie below), for the HC of predicted and true scans alike."""
+HEAD_GAP_MM = 5.0
+"""Gaps the head mask closes: the dark skull between scalp and brain, and the breaks noise makes in
+a thin scalp. Unclosed, a noisy scan's scalp ring can fall apart and leave the brain the largest
+component, its HC 3-5 cm short of the head's (seen on synthetic 64^3 scans at 2.5 mm)."""
 SUMMARY_KEYS = ("psnr", "ssim", "mae", "hc_sigma_cm", "hc_r")
 COPY = "copy input"  # the baseline's row in the tables
 ABLATION = {"none": (False, False), "sgla": (False, True), "ssl": (True, False), "both": (True, True)}
 """Variant name: (SSL, SGLA)."""
 
 
+def head_mask(image, spacing) -> np.ndarray:
+    """The head of a [0, 1] image (2D or 3D): voxels above ``HEAD_THRESHOLD``, closed across gaps of
+    ``HEAD_GAP_MM``, the largest component with its holes filled."""
+    above = image.float().cpu().numpy() > HEAD_THRESHOLD
+    reach = max(1, round(HEAD_GAP_MM / min(spacing)))
+    closed = scipy.ndimage.binary_closing(np.pad(above, reach), iterations=reach)[(slice(reach, -reach),) * above.ndim]
+    data = torch.from_numpy(closed if closed.ndim == 3 else closed[..., None]).float()[None]
+    head = foreground_mask(Volume(data, np.eye(4)), threshold=0.5).numpy()
+    return head if above.ndim == 3 else head[..., 0]
+
+
 def _head_circumference(image, grid) -> float:
-    data = image[None] if image.dim() == 3 else image[None, :, :, None]
-    head = foreground_mask(Volume(data.float().cpu(), np.eye(4)), threshold=HEAD_THRESHOLD).numpy()
-    return head_circumference_cm(head, grid.spacing)
+    return head_circumference_cm(head_mask(image, grid.spacing), grid.spacing)
 
 
 def test_pairs(data: str | os.PathLike, split_seed: int, subjects: str = "held-out") -> list[tuple]:

@@ -67,7 +67,7 @@ def fit_latent(model: AutoDecoder, scan: ModelInput, age_weeks: float, *, steps:
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            latent.copy_(bound_norm(latent, model.max_norm))
+            latent.copy_(bound_norm(latent, model.max_norm, model.norm_type))
     return latent.detach()
 
 
@@ -82,7 +82,8 @@ def decode_sequence(model: AutoDecoder, latent: Tensor, ages_weeks: Sequence[flo
     return [decode(model, latent, age, grid_shape) for age in ages_weeks]
 
 
-def atlas_latents(model: AutoDecoder) -> dict[str, Tensor]:
-    """The latents of the "average" brain: zero (every latent's start) and the training mean."""
-    mean = model.mean_latent()
+def atlas_latents(model: AutoDecoder, rows: Sequence[int]) -> dict[str, Tensor]:
+    """The latents of the "average" brain: zero (every latent's start) and the mean of the
+    training latents in ``rows``."""
+    mean = model.mean_latent(rows)
     return {"zero": torch.zeros_like(mean), "mean": mean}

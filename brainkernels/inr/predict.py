@@ -15,7 +15,7 @@ from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import prepare_input
 from brainkernels.inr.figures import sequence_montage
 from brainkernels.inr.infer import FIT_STEPS, atlas_latents, decode_sequence, fit_latent, require_plausible
-from brainkernels.inr.train import load_trained
+from brainkernels.inr.train import load_trained, unmirrored_rows
 from brainkernels.runtime import setup, teardown
 
 
@@ -79,7 +79,7 @@ def atlas(run_dir: str | os.PathLike, ages: Sequence[float], out: str | os.PathL
     try:
         trained = load_trained(run_dir, distributed.device)
         sequences = {name: decode_sequence(trained.model, latent, ages, trained.grid.model_shape)
-                     for name, latent in atlas_latents(trained.model).items()}
+                     for name, latent in atlas_latents(trained.model, unmirrored_rows(trained.keys)).items()}
     finally:
         teardown()
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,9 @@ than per scan) and SGLA (with probability ``sgla`` a step uses the global latent
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -20,7 +22,7 @@ from brainkernels.data.layouts.splits import split_by_subject
 from brainkernels.data.volume import read_grid, voxel_spacing
 from brainkernels.errors import BrainkernelsError
 from brainkernels.inr.data import GRID_FILE, ModelGrid, SampledVoxels, preparation_request
-from brainkernels.inr.model import AutoDecoder
+from brainkernels.inr.model import NORM_TYPES, AutoDecoder
 from brainkernels.runtime import Trainer, TrainerConfig, config, setup, teardown
 from brainkernels.runtime.claim import claimed_run
 from brainkernels.runtime.prepared import cache_folder, prepared_entries
@@ -31,6 +33,7 @@ ARCHITECTURE_KEYS = ("dims", "ssl", "latent_size", "width", "depth", "activation
 LATENTS_FILE = "latents.json"
 PAIRS_FILE = "pairs.csv"  # written into each variant's run by the ablation
 RUN_FILES = (GRID_FILE, LATENTS_FILE, PAIRS_FILE)  # what an INR run writes beside every run's files
+MIRRORED = "#flip"  # suffix of a mirrored baby's latent name
 TEST_FRACTION = 0.2
 """Of the subjects with two or more sessions, held out to test predicting one session from another."""
 
@@ -50,6 +53,10 @@ class INRConfig(TrainerConfig):
     depth: int = field(default=8, metadata={"help": "layers of the MLP"})
     activation: Literal["wire", "siren", "relu"] = field(default="wire", metadata={"help": "activation"})
     max_norm: float = field(default=1.0, metadata={"help": "bound on the norm of every latent"})
+    flip: bool = field(default=True, metadata={"help": "mirror half of the items left-right, each mirrored scan "
+                                              "a baby of its own (latent SUBJECT#flip), as the paper's code"})
+    norm_type: float = field(default=math.inf, metadata={"help": "the norm max_norm bounds: inf (every component, "
+                                                         "as the paper's code) or 2 (the vector's length)"})
     fused: bool = field(default=True, metadata={"help": "fused coordinate-MLP op (false: plain PyTorch MLP)"})
     batch_size: int = field(default=4, metadata={"help": "scans per optimiser step"})
     split_seed: int = field(default=0, metadata={"help": "seed of the choice of held-out test subjects"})
@@ -65,6 +72,8 @@ class INRConfig(TrainerConfig):
             raise ValueError(f"key 'pixel_ratio' must lie in (0, 1]; got {self.pixel_ratio}")
         self.require_at_least(1, "latent_size", "width", "depth")
         self.require_positive("lr", "max_norm")
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"key 'norm_type' must be 2 or inf; got {self.norm_type}")
 
 
 def split_test_subjects(scans: list[DHCPScan], seed: int) -> tuple[list[DHCPScan], list[str]]:
@@ -78,9 +87,16 @@ def split_test_subjects(scans: list[DHCPScan], seed: int) -> tuple[list[DHCPScan
     return [scan for scan in scans if scan.subject_id not in test], test
 
 
-def latent_keys(scans: list[DHCPScan], ssl: bool) -> list[str]:
-    """The training latents' names, in table order: subject ids (SSL) or ``subject/session``."""
-    return sorted({_latent_key(scan, ssl) for scan in scans})
+def latent_keys(scans: list[DHCPScan], ssl: bool, flip: bool) -> list[str]:
+    """The training latents' names, in table order: subject ids (SSL) or ``subject/session``, then
+    (``flip``) the same names with ``MIRRORED`` appended, the mirrored babies'."""
+    keys = sorted({_latent_key(scan, ssl) for scan in scans})
+    return keys + [key + MIRRORED for key in keys] if flip else keys
+
+
+def unmirrored_rows(keys: Sequence[str]) -> list[int]:
+    """The table rows of the real babies (the mirrored ones are augmentation, not subjects)."""
+    return [row for row, key in enumerate(keys) if not key.endswith(MIRRORED)]
 
 
 def _latent_key(scan: DHCPScan, ssl: bool) -> str:
@@ -102,7 +118,7 @@ def model_grid(scans: list[DHCPScan], dims: int) -> ModelGrid:
 def build_model(settings: INRConfig, keys: int) -> AutoDecoder:
     return AutoDecoder(keys, dims=settings.dims, latent_size=settings.latent_size, width=settings.width,
                        depth=settings.depth, activation=settings.activation, max_norm=settings.max_norm,
-                       fused=settings.fused)
+                       norm_type=settings.norm_type, fused=settings.fused)
 
 
 def reconstruction_loss(sgla: float):
@@ -131,7 +147,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, 
             raise BrainkernelsError(f"{data}: too few subjects: the only one, {test[0]}, is held out to test "
                                     "predicting one session from another, which leaves no scans to train on; the "
                                     "INR needs at least two subjects")
-        keys = latent_keys(training, settings.ssl)
+        keys = latent_keys(training, settings.ssl, settings.flip)
         index = {key: position for position, key in enumerate(keys)}
         grid = model_grid(training, settings.dims)
         # The folder is claimed first: the cache lives in it by default.
@@ -143,9 +159,10 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, 
                     temporary.write_text(json.dumps(keys) + "\n")
             entries = prepared_entries([preparation_request(scan, grid) for scan in training],
                                        PreparedCache(cache_folder(cache, run.root)), distributed, quiet=quiet)
-            dataset = SampledVoxels(entries, training, grid,
-                                    [index[_latent_key(scan, settings.ssl)] for scan in training],
-                                    settings.pixel_ratio, settings.foreground_share)
+            names = [_latent_key(scan, settings.ssl) for scan in training]
+            dataset = SampledVoxels(entries, training, grid, [index[name] for name in names], settings.pixel_ratio,
+                                    settings.foreground_share,
+                                    [index[name + MIRRORED] for name in names] if settings.flip else None)
             trainer = Trainer(
                 method=METHOD, build_model=lambda: build_model(settings, len(keys)),
                 build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),
