@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from brainkernels.demo import patchddm, ppr, shipped
+from brainkernels.demo import inr, patchddm, ppr, shipped
+from brainkernels.inr.train import INRConfig
 from brainkernels.patchddm.train import PatchDDMConfig
 from brainkernels.ppr.train import PPRConfig
 from brainkernels.runtime import shipped as runtime_shipped
@@ -16,6 +17,7 @@ from brainkernels.runtime import shipped as runtime_shipped
 SHIPPED = {
     ppr.SHIPPED: (ppr, PPRConfig),
     patchddm.SHIPPED: (patchddm, PatchDDMConfig),
+    inr.SHIPPED: (inr, INRConfig),
 }
 CARD_TRAINING_KEYS = ("command", "cohort", "generator", "seed", "wall_time", "hardware")
 
