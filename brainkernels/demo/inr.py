@@ -63,7 +63,7 @@ def _shipped_section(card: shipped.ShippedCard, settings: DemoSettings, out: Pat
         measured, results = evaluate_shipped(card, out, device=device, quiet=quiet)
         first, sequence = _sequence(model, out / "data", "all", 0, settings.ages, out / "sequence", device, quiet,
                                     **_fitting(card))
-    kind, cohort = shipped.cohort_of(card, "evaluation")
+    _, cohort = shipped.cohort_of(card, "evaluation")
     fit_steps, fit_voxels = card["evaluation"]["fit_steps"], card["evaluation"]["fit_voxels"]
     section.text(f"{card['summary']}. {card['intended_use']} Evaluated here on the babies scanned twice of "
                  f"{cohort.subjects} synthetic neonates generated now with seed {cohort.seed} (its training cohort "
@@ -75,11 +75,7 @@ def _shipped_section(card: shipped.ShippedCard, settings: DemoSettings, out: Pat
     _summary_table(section, results)
     section.table(("metric", "now", "model card"), shipped.metric_rows(card, measured))
     _figures(section, first, sequence, out / "evaluation", settings.ages)
-    section.text(f"Trained with `{card['training']['command']}` ({card['training']['wall_time']} on "
-                 f"{card['training']['hardware']}). Evaluate it yourself: `"
-                 + cohorts.command(kind, cohort, "neonatal_held_out") + f"`, `brainkernels inr evaluate --model "
-                 f"{model} --data neonatal_held_out --subjects all --fit-steps {fit_steps} --fit-voxels {fit_voxels} "
-                 "--out evaluation`.")
+    section.text(shipped.provenance(card, "neonatal_held_out", f" --fit-steps {fit_steps} --fit-voxels {fit_voxels}"))
     return section
 
 
@@ -120,8 +116,6 @@ def _training_section(settings: DemoSettings, out: Path, stages: Stages, quiet: 
 
 
 def run(settings: DemoSettings, out: Path, stages: Stages, quiet: bool) -> list[Section]:
-    sections = []
     card = shipped.card(INRConfig, SHIPPED)
-    if card is not None:
-        sections.append(_shipped_section(card, settings, out / "inr" / "shipped", stages, quiet))
-    return sections + [_training_section(settings, out / "inr" / "trained", stages, quiet)]
+    shown = [] if card is None else [_shipped_section(card, settings, out / "inr" / "shipped", stages, quiet)]
+    return shown + [_training_section(settings, out / "inr" / "trained", stages, quiet)]

@@ -56,7 +56,7 @@ def _shipped_section(card: shipped.ShippedCard, out: Path, device: str, stages: 
     section = Section(f"PatchDDM: the shipped model {model} on a held-out cohort")
     with stages("PatchDDM shipped model"):
         measured, summary = evaluate_shipped(card, out, device=device, quiet=quiet)
-    kind, cohort = shipped.cohort_of(card, "evaluation")
+    _, cohort = shipped.cohort_of(card, "evaluation")
     options = card["evaluation"]
     section.text(f"{card['summary']}. {card['intended_use']} Evaluated here on {cohort.subjects} synthetic MR "
                  f"subjects generated now with seed {cohort.seed} (its training cohort had seed "
@@ -66,11 +66,8 @@ def _shipped_section(card: shipped.ShippedCard, out: Path, device: str, stages: 
     _summary_table(section, summary)
     section.table(("metric", "now", "model card"), shipped.metric_rows(card, measured))
     _figures(section, out / "evaluation")
-    section.text(f"Trained with `{card['training']['command']}` ({card['training']['wall_time']} on "
-                 f"{card['training']['hardware']}). Evaluate it yourself: `"
-                 + cohorts.command(kind, cohort, "mr_held_out") + f"`, `brainkernels patchddm evaluate --model {model} "
-                 f"--data mr_held_out --subjects all --steps {options['steps']} --ensemble "
-                 f"{','.join(str(size) for size in options['ensemble'])} --out evaluation`.")
+    section.text(shipped.provenance(card, "mr_held_out", f" --steps {options['steps']} --ensemble "
+                                                         f"{','.join(str(size) for size in options['ensemble'])}"))
     return section
 
 
@@ -107,8 +104,7 @@ def _training_section(settings: DemoSettings, out: Path, stages: Stages, quiet: 
 
 
 def run(settings: DemoSettings, out: Path, stages: Stages, quiet: bool) -> list[Section]:
-    sections = []
     card = shipped.card(PatchDDMConfig, SHIPPED)
-    if card is not None:
-        sections.append(_shipped_section(card, out / "patchddm" / "shipped", settings.patchddm.device, stages, quiet))
-    return sections + [_training_section(settings, out / "patchddm" / "trained", stages, quiet)]
+    device = settings.patchddm.device
+    shown = [] if card is None else [_shipped_section(card, out / "patchddm" / "shipped", device, stages, quiet)]
+    return shown + [_training_section(settings, out / "patchddm" / "trained", stages, quiet)]

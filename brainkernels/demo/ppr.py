@@ -62,7 +62,7 @@ def _shipped_section(card: shipped.ShippedCard, out: Path, device: str, stages: 
         measured, aurocs = evaluate_shipped(card, out, device=device, quiet=quiet)
         data = out / "data"
         maps = _maps(model, data, read_cq500(data).scans, out / "maps", device, quiet)
-    kind, cohort = shipped.cohort_of(card, "evaluation")
+    _, cohort = shipped.cohort_of(card, "evaluation")
     section.text(f"{card['summary']}. {card['intended_use']} Evaluated here on {cohort.subjects} synthetic CT scans "
                  f"generated now with seed {cohort.seed} (its training cohort had seed "
                  f"{shipped.cohort_of(card, 'training')[1].seed}: no scan below was seen in training). "
@@ -72,10 +72,7 @@ def _shipped_section(card: shipped.ShippedCard, out: Path, device: str, stages: 
     section.table(("metric", "now", "model card"), shipped.metric_rows(card, measured))
     section.image(out / "evaluation" / "roc.png", "ROC per structure over the held-out scans")
     _map_images(section, maps)
-    section.text(f"Trained with `{card['training']['command']}` ({card['training']['wall_time']} on "
-                 f"{card['training']['hardware']}). Evaluate it yourself: `"
-                 + cohorts.command(kind, cohort, "ct_held_out") + f"`, `brainkernels ppr evaluate --model {model} "
-                 "--data ct_held_out --subjects all --out evaluation`.")
+    section.text(shipped.provenance(card, "ct_held_out"))
     return section
 
 
@@ -113,8 +110,7 @@ def _training_section(settings: DemoSettings, out: Path, stages: Stages, quiet: 
 
 
 def run(settings: DemoSettings, out: Path, stages: Stages, quiet: bool) -> list[Section]:
-    sections = []
     card = shipped.card(PPRConfig, SHIPPED)
-    if card is not None:
-        sections.append(_shipped_section(card, out / "ppr" / "shipped", settings.ppr.device, stages, quiet))
-    return sections + [_training_section(settings, out / "ppr" / "trained", stages, quiet)]
+    device = settings.ppr.device
+    shown = [] if card is None else [_shipped_section(card, out / "ppr" / "shipped", device, stages, quiet)]
+    return shown + [_training_section(settings, out / "ppr" / "trained", stages, quiet)]

@@ -61,3 +61,12 @@ def metric_rows(card: ShippedCard, measured: dict[str, Any]) -> list[tuple[str, 
     """(metric, measured now, the card's figure ± tolerance) for the report."""
     return [(name, f"{measured[name]:.3f}", f"{spec['value']:.3f} ± {spec['tolerance']:.3f}")
             for name, spec in card["metrics"].items()]
+
+
+def provenance(card: ShippedCard, data_name: str, evaluate_options: str = "") -> str:
+    """How the card's model was trained, and the commands that evaluate it as the demo does."""
+    kind, cohort = cohort_of(card, "evaluation")
+    return (f"Trained with `{card['training']['command']}` ({card['training']['wall_time']} on "
+            f"{card['training']['hardware']}). Evaluate it yourself: `{cohorts.command(kind, cohort, data_name)}`, "
+            f"`brainkernels {card['method']} evaluate --model {builtin(card)} --data {data_name} --subjects all"
+            f"{evaluate_options} --out evaluation`.")
