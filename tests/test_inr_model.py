@@ -13,8 +13,7 @@ from brainkernels.inr.data import ModelGrid, ModelInput, SampledVoxels
 from brainkernels.inr.evaluate import head_mask
 from brainkernels.inr.infer import atlas_latents, check_age, fit_latent
 from brainkernels.inr.model import AutoDecoder, bound_norm
-from brainkernels.inr.train import (INRConfig, latent_keys, reconstruction_loss, split_test_subjects,
-                                    unmirrored_rows)
+from brainkernels.inr.train import INRConfig, latent_keys, reconstruction_loss, split_test_subjects, unmirrored_rows
 from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
 from brainkernels.ops.coordinate_mlp import grid_coordinates
 
