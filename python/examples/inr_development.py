@@ -32,5 +32,6 @@ written = predict(run, first.t2w_path, first.age_weeks, [30, 36, last.age_weeks,
                   fit_steps=arguments.fit_steps, quiet=True)
 print(f"{first.subject_id} scanned at {first.age_weeks:.1f} weeks, predicted at 30-44 weeks:", written[-1])
 
-summary = evaluate(run, cohort, fit_steps=arguments.fit_steps, quiet=True)
-print(", ".join(f"{key} {value:.3f}" for key, value in summary.items()))
+results = evaluate(run, cohort, fit_steps=arguments.fit_steps, quiet=True)  # the model and the copy-input baseline
+for name, summary in results.items():
+    print(f"{name}: " + ", ".join(f"{key} {value:.3f}" for key, value in summary.items()))
