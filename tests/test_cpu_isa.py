@@ -58,9 +58,16 @@ def test_coordinate_mlp_block_sizes(isa, block_size):
     mlp.test_block_size_does_not_change_the_result(CPU, "cpu", block_size)
 
 
-# The fixture only forces the instruction set, the same for every example.
+# The fixture only forces the instruction set, the same for every example. The smooth activations
+# only: ReLU's derivative jumps at 0, so float32 rounding of a pre-activation next to 0 flips that
+# unit's gradient whatever the kernel does (CI found one: width 34, depth 3, shape (9, 3, 8), seed 967,
+# where the float64 kernel matches the reference to 4e-15); ReLU is checked in float64 and at fixed
+# cases in test_coordinate_mlp.py.
+SMOOTH = [activation for activation in mlp.ACTIVATIONS if activation != "relu"]
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(width=st.integers(2, 40), depth=st.integers(2, 4), activation=st.sampled_from(mlp.ACTIVATIONS),
+@given(width=st.integers(2, 40), depth=st.integers(2, 4), activation=st.sampled_from(SMOOTH),
        shape=st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 9)), block_size=st.integers(1, 90),
        seed=st.integers(0, 2**16))
 def test_coordinate_mlp_float32_property(isa, width, depth, activation, shape, block_size, seed):
@@ -70,11 +77,14 @@ def test_coordinate_mlp_float32_property(isa, width, depth, activation, shape, b
     weights, biases, latent, age = mlp.leaves(model, latent, age)
     grad = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     options = dict(activation=activation, omega=3.0, scale=2.0, residual=False)
-    expected, expected_grads = mlp.evaluate(coordinate_mlp_reference, shape, age, latent, weights, biases, grad,
-                                            **options)
     as32 = [t.detach().float().requires_grad_() for t in (age, latent)]
     weights32 = [w.detach().float().requires_grad_() for w in weights]
     biases32 = [b.detach().float().requires_grad_() for b in biases]
+    # The float64 reference gets the same float32-rounded inputs, so only the arithmetic differs.
+    age, latent = (t.detach().double().requires_grad_() for t in as32)
+    weights, biases = ([t.detach().double().requires_grad_() for t in group] for group in (weights32, biases32))
+    expected, expected_grads = mlp.evaluate(coordinate_mlp_reference, shape, age, latent, weights, biases, grad,
+                                            **options)
     with use_backend("cpu"):
         ours, our_grads = mlp.evaluate(coordinate_mlp, shape, *as32, weights32, biases32, grad.float(),
                                        block_size=block_size, **options)
