@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from brainkernels.ops.convolution import conv3d
 from brainkernels.ops.group_norm_silu_conv import convolution_dtype, group_norm_silu_conv_reference
 from brainkernels.ops.group_norm_silu_conv import group_norm_silu_conv as group_norm_silu_conv_op
 
@@ -78,8 +79,8 @@ def _slab_inference(x, skip, emb, norm: nn.GroupNorm, conv: nn.Conv3d, planes: i
         activation = F.silu(_slab_input(x, skip, emb, low, high).mul_(scale).add_(shift)).to(dtype)
         # zero "same" padding of the whole volume along the slab axis, the halo elsewhere
         activation = F.pad(activation, (0, 0, 0, 0, halo - (start - low), halo - (high - stop)))
-        out[:, :, start:stop] = F.conv3d(activation, conv.weight.to(dtype),
-                                         None if conv.bias is None else conv.bias.to(dtype), padding=(0, halo, halo))
+        out[:, :, start:stop] = conv3d(activation, conv.weight.to(dtype),
+                                       None if conv.bias is None else conv.bias.to(dtype), padding=(0, halo, halo))
     return out
 
 

@@ -33,9 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from brainkernels.memory import StorageTracker
+from brainkernels.ops.convolution import conv3d
 from brainkernels.ops.group_norm_silu import DTYPES, group_norm_silu_reference
 
-_CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_REFERENCE_CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONVOLUTIONS = _REFERENCE_CONVOLUTIONS | {3: conv3d}
 
 
 def convolution_dtype(x: Tensor) -> torch.dtype:
@@ -64,7 +66,7 @@ def group_norm_silu_conv_reference(
     """Plain-PyTorch composition (F.group_norm, F.silu, F.conv{1,2,3}d), every tensor in one
     dtype: the test oracle. Autograd stores every intermediate."""
     activation = group_norm_silu_reference(x, num_groups, norm_weight, norm_bias, eps, skip=skip, emb=emb)
-    return _CONVOLUTIONS[x.dim() - 2](activation, conv_weight, conv_bias, padding=conv_weight.shape[-1] // 2)
+    return _REFERENCE_CONVOLUTIONS[x.dim() - 2](activation, conv_weight, conv_bias, padding=conv_weight.shape[-1] // 2)
 
 
 def _check_dtype_and_device(name: str, t: Tensor, x: Tensor) -> None:

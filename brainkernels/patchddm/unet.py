@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from brainkernels.nn.convolution import Conv3d
 from brainkernels.nn.norm_act_conv import GroupNormSiLUConv
 
 PAPER_CHANNELS = 29
@@ -86,7 +87,7 @@ class ResidualBlock(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+        self.conv = Conv3d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
@@ -118,7 +119,7 @@ class DiffusionUNet(nn.Module):
         def block(c_in: int, c_out: int) -> ResidualBlock:
             return ResidualBlock(c_in, c_out, embedding_channels, groups, fused)
 
-        self.input_conv = nn.Conv3d(in_channels, channels, 3, padding=1)
+        self.input_conv = Conv3d(in_channels, channels, 3, padding=1)
         self.down = nn.ModuleList()
         # Per level (0: full resolution): its down blocks, the stride-2 convolution to the next
         # level, its up blocks and the upsampling back to the level above (the ModuleLists keep
@@ -136,7 +137,7 @@ class DiffusionUNet(nn.Module):
                 width = level_width
                 skip_channels.append(width)
             if level < len(widths) - 1:
-                self.down.append(nn.Conv3d(width, width, 3, stride=2, padding=1))
+                self.down.append(Conv3d(width, width, 3, stride=2, padding=1))
                 self._downsample.append(self.down[-1])
                 skip_channels.append(width)
         self.middle = nn.ModuleList([block(width, width), block(width, width)])
