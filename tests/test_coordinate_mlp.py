@@ -417,8 +417,10 @@ def test_module_compiles_without_graph_breaks():
     compiled_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     (eager[0].sum() + eager[1].square().sum()).backward()
+    # The latent's gradient sums over every voxel of both calls; inductor orders those float32 sums
+    # its own way (7e-6 relative apart on an Intel Xeon, exact on an AMD EPYC).
     for got, p in zip(compiled_grads, model.parameters()):
-        torch.testing.assert_close(got, p.grad)
+        torch.testing.assert_close(got, p.grad, rtol=5e-5, atol=5e-5)
 
 
 def test_meta_device_evaluates_a_256_cube_and_its_gradient():
