@@ -30,6 +30,7 @@ from brainkernels.inr.baseline import (
     training_pairs,
 )
 from brainkernels.inr.evaluate import COPY
+from brainkernels.inr.footprint import PAPER_DDMGG, ddmgg_footprints, ddmgg_parameter_counts, inr_2d_footprints
 from brainkernels.inr.train import split_test_subjects
 
 SHAPE = 16
@@ -194,3 +195,18 @@ def test_an_inr_run_is_not_a_baseline_run(cohort, tmp_path):
                                                        batch_size=2, workers=0, device="cpu"), quiet=True)
     with pytest.raises(BrainkernelsError, match="not a DDM\\+GG baseline run"):
         load_trained(inr)
+
+
+def test_paper_size_parameter_counts_are_the_papers():
+    counts = ddmgg_parameter_counts(DDMGGConfig(**PAPER_DDMGG))
+    assert counts["denoiser"] == pytest.approx(113_669_762, rel=0.03)  # Table 2 of the paper
+    assert counts["regressor"] == pytest.approx(86_786_817, rel=0.03)
+
+
+def test_footprints_on_the_meta_device_equal_those_on_the_cpu():
+    settings = DDMGGConfig(**{key: value for key, value in TINY.items() if key not in ("workers", "device")})
+    meta, cpu = (ddmgg_footprints(settings, (16, 24), 2, device) for device in ("meta", "cpu"))
+    assert [row.peak_bytes for row in meta] == [row.peak_bytes for row in cpu]
+    assert all(row.peak_bytes > 0 for row in meta)
+    inr_meta, inr_cpu = (inr_2d_footprints((16, 16), device) for device in ("meta", "cpu"))
+    assert [row.peak_bytes for row in inr_meta] == [row.peak_bytes for row in inr_cpu]
