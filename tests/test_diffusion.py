@@ -90,9 +90,10 @@ def test_guidance_moves_samples_toward_the_target():
     assert results[-0.5, 3e3] < results[-0.5, 0.0] - 0.1
 
 
-def test_unguided_sampling_of_an_exact_denoiser_returns_its_image():
-    """With the true noise (the x_0 of every x_t is one fixed image), the posterior mean chain
-    ends at that image: the coefficients are the DDPM posterior's."""
+@pytest.mark.parametrize("stride", [1, 7, 600])
+def test_unguided_sampling_of_an_exact_denoiser_returns_its_image(stride):
+    """With the true noise (the x_0 of every x_t is one fixed image), the posterior chain ends at
+    that image, whatever the respacing: the coefficients are the DDPM posterior's."""
     diffusion = Diffusion(1000)
     image = torch.rand(1, 1, 8, 8) * 2 - 1
     abar = diffusion.alphas_cumprod
@@ -102,7 +103,7 @@ def test_unguided_sampling_of_an_exact_denoiser_returns_its_image():
         return (xt - a.sqrt() * image) / (1 - a).sqrt()
 
     x = diffusion.add_noise(image, torch.tensor([599]), torch.randn(1, 1, 8, 8))
-    out = diffusion.guided_ddpm_sample(exact_noise, x, 600, generator=torch.Generator().manual_seed(0))
+    out = diffusion.guided_ddpm_sample(exact_noise, x, 600, stride=stride, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, image, atol=1e-3, rtol=0)
 
 
@@ -110,3 +111,15 @@ def test_unguided_sampling_of_an_exact_denoiser_returns_its_image():
 def test_guided_sampling_refuses_a_start_outside_the_schedule(start):
     with pytest.raises(BrainkernelsError, match="between 1 and the 1000 diffusion steps"):
         Diffusion(1000).guided_ddpm_sample(lambda xt, t: xt, torch.zeros(1, 1, 4, 4), start)
+    with pytest.raises(BrainkernelsError, match="stride must be at least 1; got 0"):
+        Diffusion(1000).guided_ddpm_sample(lambda xt, t: xt, torch.zeros(1, 1, 4, 4), 10, stride=0)
+
+
+def test_respaced_guidance_still_moves_samples_toward_the_target():
+    diffusion = Diffusion(1000)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5
+    means = [diffusion.guided_ddpm_sample(lambda xt, t: torch.zeros_like(xt), x.clone(), 300, stride=10,
+                                          gradient=_mean_gradient(0.5), scale=scale,
+                                          generator=torch.Generator().manual_seed(1)).mean().item()
+             for scale in (0.0, 3e3)]
+    assert means[1] > means[0] + 0.1

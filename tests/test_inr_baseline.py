@@ -76,13 +76,14 @@ def test_command_line_trains_resumes_and_evaluates_the_inr_pairs(cohort, tmp_pat
     assert [row["step"] for row in rows] == [2, 4]  # logged at the end of each part
     assert (tmp_path / "run/config.toml").is_file() and (tmp_path / "run/grid.json").is_file()
 
-    evaluated = brainkernels("inr", "baseline", "evaluate", "--model", "run", "--data", cohort, "--noise-steps", 5,
-                             "--guidance-scale", 100, "--workers", 0, "--quiet", cwd=tmp_path)
+    evaluated = brainkernels("inr", "baseline", "evaluate", "--model", "run", "--data", cohort, "--noise-steps", 9,
+                             "--stride", 4, "--guidance-scale", 100, "--workers", 0, "--quiet", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert BASELINE in evaluated.stdout and COPY in evaluated.stdout
     pairs = _rows(tmp_path / "run/evaluation/pairs.csv")
     held_out = inr_evaluate.test_pairs(cohort, 0)
     assert [row["subject"] for row in pairs] == [first.subject_id for first, _ in held_out]  # the INR's pairs
+    assert pairs[0]["noise_steps"] == "9" and pairs[0]["stride"] == "4"
     assert {"psnr", "ssim", "mae", "hc_true_cm", "hc_predicted_cm", "psnr_copy"} <= set(pairs[0])
     assert [row["variant"] for row in _rows(tmp_path / "run/evaluation/summary.csv")] == [BASELINE, COPY]
     assert (tmp_path / "run/evaluation/head_circumference.png").is_file()

@@ -27,13 +27,8 @@ class Diffusion:
         if steps < 1:
             raise ValueError(f"steps must be at least 1; got {steps}")
         self.steps = steps
-        self.betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
-        self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)
-        previous = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
-        # q(x_{t-1} | x_t, x_0) = N(x0_coefficient x_0 + xt_coefficient x_t, posterior_variance)
-        self.posterior_variance = self.betas * (1 - previous) / (1 - self.alphas_cumprod)
-        self.x0_coefficient = self.betas * previous.sqrt() / (1 - self.alphas_cumprod)
-        self.xt_coefficient = (1 - previous) * (1 - self.betas).sqrt() / (1 - self.alphas_cumprod)
+        betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
 
     def _coefficient(self, values: Tensor, t: Tensor, like: Tensor) -> Tensor:
         return values.to(t.device)[t].to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
@@ -78,28 +73,38 @@ class Diffusion:
 
     def guided_ddpm_sample(self, predict_noise: Callable[[Tensor, Tensor], Tensor], x: Tensor, start: int, *,
                            gradient: Callable[[Tensor, Tensor], Tensor] | None = None, scale: float = 0.0,
-                           generator: torch.Generator | None = None,
+                           stride: int = 1, generator: torch.Generator | None = None,
                            on_step: Callable[[], None] | None = None) -> Tensor:
         """Ancestral DDPM from ``x`` = x_t at timestep ``start - 1`` (a sample noised ``start``
-        steps) down to x_0, ``start`` steps. With ``gradient(x_t, t)`` = grad log p(y | x_t), each
-        step's mean is shifted by ``scale`` x its variance x the gradient (classifier guidance).
-        The predicted x_0 is clipped to [-1, 1]; the noise comes from ``generator``."""
+        steps) down to x_0, visiting every ``stride``-th timestep (``start - 1``, ``start - 1 -
+        stride``, ...; respaced as guided diffusion does, each step's posterior spans the skipped
+        ones). With ``gradient(x_t, t)`` = grad log p(y | x_t), each step's mean is shifted by
+        ``scale`` x its variance x the gradient (classifier guidance). The predicted x_0 is clipped
+        to [-1, 1]; the noise comes from ``generator``."""
         if not 1 <= start <= self.steps:
             raise BrainkernelsError(f"the noising steps L must be between 1 and the {self.steps} diffusion steps the "
                                     f"model was trained with; got {start}")
-        for step in range(start - 1, -1, -1):
+        if stride < 1:
+            raise BrainkernelsError(f"the sampling stride must be at least 1; got {stride}")
+        timesteps = list(range(start - 1, -1, -stride))
+        for index, step in enumerate(timesteps):
             t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
-            abar = self._coefficient(self.alphas_cumprod, t, x)
+            abar = self.alphas_cumprod[step]
+            previous = self.alphas_cumprod[timesteps[index + 1]] if index + 1 < len(timesteps) else torch.ones(())
+            beta = 1 - abar / previous  # of the respaced step from `step` to the next visited one
+            # q(x_prev | x_t, x_0) = N(x0_coefficient x_0 + xt_coefficient x_t, variance)
+            variance = float(beta * (1 - previous) / (1 - abar))
+            x0_coefficient = float(beta * previous.sqrt() / (1 - abar))
+            xt_coefficient = float((1 - previous) * (1 - beta).sqrt() / (1 - abar))
             with torch.no_grad():
                 epsilon = predict_noise(x, t).to(x.dtype)
-            x0 = ((x - (1 - abar).sqrt() * epsilon) / abar.sqrt()).clamp(-1, 1)
-            variance = self._coefficient(self.posterior_variance, t, x)
-            mean = self._coefficient(self.x0_coefficient, t, x) * x0 + self._coefficient(self.xt_coefficient, t, x) * x
-            if gradient is not None and scale and step > 0:
-                mean = mean + scale * variance * gradient(x, t).to(x.dtype)
-            if step > 0:
+            x0 = ((x - float((1 - abar).sqrt()) * epsilon) / float(abar.sqrt())).clamp(-1, 1)
+            mean = x0_coefficient * x0 + xt_coefficient * x
+            if variance > 0:
+                if gradient is not None and scale:
+                    mean = mean + scale * variance * gradient(x, t).to(x.dtype)
                 noise = torch.randn(x.shape, generator=generator, device="cpu", dtype=x.dtype).to(x.device)
-                x = mean + variance.sqrt() * noise
+                x = mean + variance ** 0.5 * noise
             else:
                 x = mean
             if on_step is not None:

@@ -227,15 +227,18 @@ def age_log_likelihood_gradient(model: DDMGG, target_age: float):
 
 
 def predict(trained: TrainedDDMGG, image: Tensor, age_out_weeks: float, *, noise_steps: int,
-            guidance_scale: float, seed: int = 0) -> Tensor:
+            guidance_scale: float, stride: int = 1, seed: int = 0) -> Tensor:
     """The slice ``image`` ((H, W) in [0, 1], model grid) at ``age_out_weeks``: noised to step
-    ``noise_steps`` (L) and denoised to 0, conditioned on itself and guided toward the age with
-    scale ``guidance_scale`` (c). Noise from a generator seeded ``seed``."""
+    ``noise_steps`` (L) and denoised to 0 visiting every ``stride``-th step (1: all L, as the
+    paper), conditioned on itself and guided toward the age with scale ``guidance_scale`` (c).
+    Noise from a generator seeded ``seed``."""
     model = trained.model
     diffusion = Diffusion(trained.settings.diffusion_steps)
     if not 1 <= noise_steps <= diffusion.steps:
         raise BrainkernelsError(f"--noise-steps must be between 1 and the {diffusion.steps} diffusion steps the model "
                                 f"was trained with; got {noise_steps}")
+    if stride < 1:
+        raise BrainkernelsError(f"--stride must be at least 1; got {stride}")
     if not (guidance_scale >= 0 and guidance_scale != float("inf")):
         raise BrainkernelsError(f"--guidance-scale must be a finite number, 0 or more; got {guidance_scale}")
     target_age = check_age(age_out_weeks)
@@ -247,7 +250,7 @@ def predict(trained: TrainedDDMGG, image: Tensor, age_out_weeks: float, *, noise
     with torch.no_grad():
         x = diffusion.guided_ddpm_sample(lambda xt, t: model.noise(xt, t, condition), x, noise_steps,
                                          gradient=age_log_likelihood_gradient(model, target_age),
-                                         scale=guidance_scale, generator=generator)
+                                         scale=guidance_scale, stride=stride, generator=generator)
     return from_signal(x, tuple(image.shape))[0].cpu()
 
 
@@ -261,8 +264,8 @@ def training_pairs(data: str | os.PathLike, split_seed: int) -> list[tuple[DHCPS
     return pairs
 
 
-def _rows(run_dir, data, pairs_of, cache, *, noise_steps: int, guidance_scale: float, seed: int, device: str,
-          workers: int, quiet: bool) -> list[dict]:
+def _rows(run_dir, data, pairs_of, cache, *, noise_steps: int, guidance_scale: float, stride: int, seed: int,
+          device: str, workers: int, quiet: bool) -> list[dict]:
     distributed = setup(device)
     try:
         trained = load_trained(run_dir, distributed.device)
@@ -270,15 +273,15 @@ def _rows(run_dir, data, pairs_of, cache, *, noise_steps: int, guidance_scale: f
         return pair_rows(pairs, trained.grid,
                          lambda first, last, source: predict(trained, source.image, last.age_weeks,
                                                              noise_steps=noise_steps, guidance_scale=guidance_scale,
-                                                             seed=seed),
+                                                             stride=stride, seed=seed),
                          cache, distributed, description="DDM+GG evaluation", workers=workers, quiet=quiet)
     finally:
         teardown()
 
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
-             noise_steps: int = PAPER_NOISE_STEPS, guidance_scale: float = PAPER_GUIDANCE_SCALE, seed: int = 0,
-             device: str = "auto", workers: int = 0, quiet: bool = False, subjects: str = "held-out",
+             noise_steps: int = PAPER_NOISE_STEPS, guidance_scale: float = PAPER_GUIDANCE_SCALE, stride: int = 1,
+             seed: int = 0, device: str = "auto", workers: int = 0, quiet: bool = False, subjects: str = "held-out",
              cache: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
     """``inr evaluate`` for the baseline: the same pairs (held-out, or ``subjects="all"``), the
     same metrics and files (``pairs.csv``, ``summary.csv``, ``head_circumference.png`` in ``out``,
@@ -286,19 +289,19 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
     out = shipped.evaluation_folder(run_dir, out)
     folder = inference_cache_folder(cache, shipped.resolve(run_dir, DDMGGConfig), out)
     rows = _rows(run_dir, data, lambda split_seed: test_pairs(data, split_seed, subjects), folder,
-                 noise_steps=noise_steps, guidance_scale=guidance_scale, seed=seed, device=device, workers=workers,
-                 quiet=quiet)
+                 noise_steps=noise_steps, guidance_scale=guidance_scale, stride=stride, seed=seed, device=device,
+                 workers=workers, quiet=quiet)
     out.mkdir(parents=True, exist_ok=True)
     results = {BASELINE: summarise(rows), COPY: summarise(copy_input(rows))}
-    write_csv(out / "pairs.csv", [{**row, "noise_steps": noise_steps, "guidance_scale": guidance_scale}
-                                  for row in rows])
+    write_csv(out / "pairs.csv", [{**row, "noise_steps": noise_steps, "guidance_scale": guidance_scale,
+                                   "stride": stride} for row in rows])
     write_csv(out / "summary.csv", [{"variant": name, **summary} for name, summary in results.items()])
     head_circumference_plot({BASELINE: rows}, out / "head_circumference.png")
     return results
 
 
 def tune(run_dir: str | os.PathLike, data: str | os.PathLike, noise_steps: list[int], guidance_scales: list[float],
-         *, pairs: int = 5, seed: int = 0, device: str = "auto", quiet: bool = False,
+         *, pairs: int = 5, stride: int = 1, seed: int = 0, device: str = "auto", quiet: bool = False,
          cache: str | os.PathLike | None = None) -> list[dict]:
     """The summary of every (L, c) on the first ``pairs`` pairs of training subjects of ``data``
     (never the held-out ones); written to RUN/tuning.csv, best PSNR first."""
@@ -310,9 +313,11 @@ def tune(run_dir: str | os.PathLike, data: str | os.PathLike, noise_steps: list[
     for steps in noise_steps:
         for scale in guidance_scales:
             rows = _rows(run_dir, data, lambda split_seed: training_pairs(data, split_seed)[:pairs], folder,
-                         noise_steps=steps, guidance_scale=scale, seed=seed, device=device, workers=0, quiet=quiet)
+                         noise_steps=steps, guidance_scale=scale, stride=stride, seed=seed, device=device, workers=0,
+                         quiet=quiet)
             summary = summarise(rows)
-            results.append({"noise_steps": steps, "guidance_scale": scale, "pairs": len(rows), **summary})
+            results.append({"noise_steps": steps, "guidance_scale": scale, "stride": stride, "pairs": len(rows),
+                            **summary})
     results.sort(key=lambda row: -row["psnr"])
     write_csv(root / "tuning.csv", results)
     return results

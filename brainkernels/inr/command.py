@@ -101,7 +101,8 @@ def _baseline_evaluate(arguments: argparse.Namespace) -> int:
     from brainkernels.inr.evaluate import format_table
 
     summary = evaluate(arguments.model, arguments.data, arguments.out, noise_steps=arguments.noise_steps,
-                       guidance_scale=arguments.guidance_scale, seed=arguments.seed, device=arguments.device,
+                       guidance_scale=arguments.guidance_scale, stride=arguments.stride, seed=arguments.seed,
+                       device=arguments.device,
                        workers=arguments.workers, quiet=arguments.quiet, subjects=arguments.subjects,
                        cache=arguments.cache)
     print(format_table(summary))
@@ -113,7 +114,8 @@ def _baseline_tune(arguments: argparse.Namespace) -> int:
     from brainkernels.inr.evaluate import SUMMARY_KEYS
 
     results = tune(arguments.model, arguments.data, arguments.noise_steps, arguments.guidance_scale,
-                   pairs=arguments.pairs, seed=arguments.seed, device=arguments.device, quiet=arguments.quiet)
+                   pairs=arguments.pairs, stride=arguments.stride, seed=arguments.seed, device=arguments.device,
+                   quiet=arguments.quiet)
     print(f"{'L':>6}{'c':>12}" + "".join(f"{key:>13}" for key in SUMMARY_KEYS))
     for row in results:
         print(f"{row['noise_steps']:>6}{row['guidance_scale']:>12.4g}" + "".join(
@@ -140,6 +142,8 @@ def _register_baseline(verbs) -> None:
         parser.add_argument("--data", required=True, help="dHCP-layout folder")
         parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+        parser.add_argument("--stride", type=at_least(1, "--stride"), default=1,
+                            help="denoise every STRIDE-th of the L steps (respaced; default 1: all, as the paper)")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
         if many:
             parser.add_argument("--noise-steps", type=_numbers(int, "--noise-steps"), required=True,
