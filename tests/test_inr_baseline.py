@@ -97,6 +97,7 @@ def test_tuning_uses_training_pairs_only(cohort, run, tmp_path):
     assert sorted((int(row["noise_steps"]), float(row["guidance_scale"])) for row in rows) == [
         (3, 0.0), (3, 10.0), (5, 0.0), (5, 10.0)]
     assert all(row["pairs"] == "2" for row in rows)
+    assert len({row["psnr_copy"] for row in rows}) == 1 and "copy input on these pairs: PSNR" in result.stdout
     _, held_out = split_test_subjects(read_dhcp(cohort), 0)
     assert not {first.subject_id for first, _ in training_pairs(cohort, 0)} & set(held_out)
     psnrs = [float(row["psnr"]) for row in rows]

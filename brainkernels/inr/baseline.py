@@ -304,7 +304,8 @@ def tune(run_dir: str | os.PathLike, data: str | os.PathLike, noise_steps: list[
          *, pairs: int = 5, stride: int = 1, seed: int = 0, device: str = "auto", quiet: bool = False,
          cache: str | os.PathLike | None = None) -> list[dict]:
     """The summary of every (L, c) on the first ``pairs`` pairs of training subjects of ``data``
-    (never the held-out ones); written to RUN/tuning.csv, best PSNR first."""
+    (never the held-out ones), with the copy-input baseline's PSNR and SSIM on the same pairs;
+    written to RUN/tuning.csv, best PSNR first."""
     if pairs < 1:
         raise BrainkernelsError(f"--pairs must be at least 1; got {pairs}")
     root = shipped.resolve(run_dir, DDMGGConfig)
@@ -315,9 +316,9 @@ def tune(run_dir: str | os.PathLike, data: str | os.PathLike, noise_steps: list[
             rows = _rows(run_dir, data, lambda split_seed: training_pairs(data, split_seed)[:pairs], folder,
                          noise_steps=steps, guidance_scale=scale, stride=stride, seed=seed, device=device, workers=0,
                          quiet=quiet)
-            summary = summarise(rows)
+            copy = summarise(copy_input(rows))
             results.append({"noise_steps": steps, "guidance_scale": scale, "stride": stride, "pairs": len(rows),
-                            **summary})
+                            **summarise(rows), "psnr_copy": copy["psnr"], "ssim_copy": copy["ssim"]})
     results.sort(key=lambda row: -row["psnr"])
     write_csv(root / "tuning.csv", results)
     return results

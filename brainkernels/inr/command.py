@@ -120,6 +120,7 @@ def _baseline_tune(arguments: argparse.Namespace) -> int:
     for row in results:
         print(f"{row['noise_steps']:>6}{row['guidance_scale']:>12.4g}" + "".join(
             f"{row[key]:>13.4f}" for key in SUMMARY_KEYS))
+    print(f"copy input on these pairs: PSNR {results[0]['psnr_copy']:.4f}, SSIM {results[0]['ssim_copy']:.4f}")
     print(f"table: {arguments.model}/tuning.csv (best PSNR first)")
     return 0
 
