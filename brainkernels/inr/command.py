@@ -1,4 +1,4 @@
-"""`brainkernels inr train|predict|atlas|evaluate|ablation`."""
+"""`brainkernels inr train|predict|atlas|evaluate|ablation` and `inr baseline train|tune|evaluate` (DDM+GG)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,100 @@ def _ablation(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _numbers(kind: type, option: str):
+    def parse(text: str) -> list:
+        try:
+            values = [kind(value) for value in text.split(",") if value.strip()]
+        except ValueError:
+            values = []
+        if not values or any(not (value >= 0 and value != float("inf")) for value in values):
+            raise argparse.ArgumentTypeError(f"{option} takes finite numbers, 0 or more, separated by commas; "
+                                             f"got {text!r}")
+        return values
+
+    return parse
+
+
+def _baseline_evaluate(arguments: argparse.Namespace) -> int:
+    from brainkernels.inr.baseline import evaluate
+    from brainkernels.inr.evaluate import format_table
+
+    summary = evaluate(arguments.model, arguments.data, arguments.out, noise_steps=arguments.noise_steps,
+                       guidance_scale=arguments.guidance_scale, stride=arguments.stride, seed=arguments.seed,
+                       device=arguments.device,
+                       workers=arguments.workers, quiet=arguments.quiet, subjects=arguments.subjects,
+                       cache=arguments.cache)
+    print(format_table(summary))
+    return 0
+
+
+def _baseline_tune(arguments: argparse.Namespace) -> int:
+    from brainkernels.inr.baseline import tune
+    from brainkernels.inr.evaluate import SUMMARY_KEYS
+
+    results = tune(arguments.model, arguments.data, arguments.noise_steps, arguments.guidance_scale,
+                   pairs=arguments.pairs, stride=arguments.stride, seed=arguments.seed, device=arguments.device,
+                   quiet=arguments.quiet)
+    print(f"{'L':>6}{'c':>12}" + "".join(f"{key:>13}" for key in SUMMARY_KEYS))
+    for row in results:
+        print(f"{row['noise_steps']:>6}{row['guidance_scale']:>12.4g}" + "".join(
+            f"{row[key]:>13.4f}" for key in SUMMARY_KEYS))
+    print(f"copy input on these pairs: PSNR {results[0]['psnr_copy']:.4f}, SSIM {results[0]['ssim_copy']:.4f}")
+    print(f"table: {arguments.model}/tuning.csv (best PSNR first)")
+    return 0
+
+
+def _register_baseline(verbs) -> None:
+    from brainkernels.inr.baseline import PAPER_GUIDANCE_SCALE, PAPER_NOISE_STEPS, DDMGGConfig, train
+
+    baseline = verbs.add_parser("baseline", help="DDM+GG, the paper's 2D baseline: diffusion with age guidance",
+                                description="A 2D denoising diffusion model of central axial slices, conditioned on "
+                                "the input slice, guided toward the target age by the gradient of an age regressor "
+                                "(the INR paper's DDM+GG baseline).")
+    steps = baseline.add_subparsers(dest="baseline_verb", required=True, metavar="VERB")
+    add_train_verb(steps, DDMGGConfig, train, help="train the denoiser and the age regressor",
+                   description="Train both networks on the central axial slices of the training scans (the INR's "
+                   "held-out subjects excluded).", data_help="dHCP/BIDS folder (participants.tsv, sub-*/)",
+                   summary=lambda settings, run: f"trained DDM+GG ({settings.steps} steps); run folder: {run}")
+
+    def sampling_options(parser: argparse.ArgumentParser, many: bool) -> None:
+        parser.add_argument("--model", required=True, metavar="RUN", help="run folder of `inr baseline train`")
+        parser.add_argument("--data", required=True, help="dHCP-layout folder")
+        parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+        parser.add_argument("--stride", type=at_least(1, "--stride"), default=1,
+                            help="denoise every STRIDE-th of the L steps (respaced; default 1: all, as the paper)")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        if many:
+            parser.add_argument("--noise-steps", type=_numbers(int, "--noise-steps"), required=True,
+                                help="noising/denoising steps L to try, e.g. 200,400,600")
+            parser.add_argument("--guidance-scale", type=_numbers(float, "--guidance-scale"), required=True,
+                                help="gradient scales c to try, e.g. 0,1e3,1e4")
+        else:
+            parser.add_argument("--noise-steps", type=at_least(1, "--noise-steps"), default=PAPER_NOISE_STEPS,
+                                help=f"noising/denoising steps L of the T diffusion steps (default the paper's "
+                                     f"{PAPER_NOISE_STEPS}; tune it with `inr baseline tune`)")
+            parser.add_argument("--guidance-scale", type=float, default=PAPER_GUIDANCE_SCALE,
+                                help=f"gradient scale c (default the paper's {PAPER_GUIDANCE_SCALE:g})")
+
+    tune = steps.add_parser("tune", help="sweep L and c on training pairs",
+                            description="Score every (L, c) on the first --pairs pairs of training subjects scanned "
+                            "twice (never the held-out ones); writes RUN/tuning.csv.")
+    sampling_options(tune, many=True)
+    tune.add_argument("--pairs", type=at_least(1, "--pairs"), default=5, help="training pairs to score (default 5)")
+    tune.set_defaults(run=_baseline_tune)
+
+    evaluate = steps.add_parser("evaluate", help="predict held-out second sessions: PSNR, SSIM, MAE, HC",
+                                description="`inr evaluate` for the baseline: the same pairs and metrics, the "
+                                "input slice noised to L and denoised with age guidance.")
+    sampling_options(evaluate, many=False)
+    evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
+    add_workers_option(evaluate)
+    add_subjects_option(evaluate)
+    add_cache_option(evaluate)
+    evaluate.set_defaults(run=_baseline_evaluate)
+
+
 def _fitting_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-steps", type=at_least(1, "--fit-steps"), default=None,
                         help="latent-fitting steps (default: the paper's 2000 in 2D, 1000 in 3D)")
@@ -160,3 +254,5 @@ def register_command(commands) -> None:
     _fitting_options(ablation)
     config.add_arguments(ablation, INRConfig)
     ablation.set_defaults(run=_ablation)
+
+    _register_baseline(verbs)

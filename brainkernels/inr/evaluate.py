@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import scipy.ndimage
 import torch
 from scipy import stats
+from torch import Tensor
 
 from brainkernels.atomic import write_csv
 from brainkernels.data.cache import PreparedCache
@@ -77,21 +79,27 @@ def load_pair(pair: tuple[DHCPScan, DHCPScan], grid: ModelGrid) -> tuple:
     return *pair, *(prepare_input(load_nifti(scan.t2w_path), grid, str(scan.t2w_path)) for scan in pair)
 
 
-def predict_pair(trained: TrainedINR, first: DHCPScan, last: DHCPScan, source: ModelInput, truth: ModelInput, *,
-                 fit_steps: int, fit_voxels: int | None) -> dict:
-    """Fit on ``first`` (its model input ``source``), predict ``last``; the metrics of the prediction
-    against ``last`` (``truth``)."""
+def predict_pair(trained: TrainedINR, first: DHCPScan, last: DHCPScan, source: ModelInput, *, fit_steps: int,
+                 fit_voxels: int | None) -> Tensor:
+    """The INR's prediction of ``last`` from ``first`` (its model input ``source``): a latent fitted
+    at the first's age, decoded at the last's."""
     latent = fit_latent(trained.model, source, first.age_weeks, steps=fit_steps, voxels=fit_voxels)
-    predicted = decode(trained.model, latent, last.age_weeks, trained.grid.model_shape).cpu()
+    return decode(trained.model, latent, last.age_weeks, trained.grid.model_shape).cpu()
+
+
+def score_pair(first: DHCPScan, last: DHCPScan, source: ModelInput, truth: ModelInput, predicted: Tensor,
+               grid: ModelGrid) -> dict:
+    """The metrics of ``predicted`` (model grid, [0, 1]) against ``last`` (its model input ``truth``),
+    and of the copy-input baseline (``source``, the first's)."""
     target = truth.image
     return {
         "subject": first.subject_id, "age_in": first.age_weeks, "age_out": last.age_weeks,
         "psnr": psnr(predicted, target), "ssim": ssim(predicted, target), "mae": mae(predicted, target),
-        "hc_true_cm": _head_circumference(target, trained.grid),
-        "hc_predicted_cm": _head_circumference(predicted, trained.grid),
+        "hc_true_cm": _head_circumference(target, grid),
+        "hc_predicted_cm": _head_circumference(predicted, grid),
         # The baseline a prediction must beat: the input scan itself, as if the baby had not grown.
         "psnr_copy": psnr(source.image, target), "ssim_copy": ssim(source.image, target),
-        "mae_copy": mae(source.image, target), "hc_input_cm": _head_circumference(source.image, trained.grid),
+        "mae_copy": mae(source.image, target), "hc_input_cm": _head_circumference(source.image, grid),
     }  # fmt: skip
 
 
@@ -119,6 +127,30 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     }
 
 
+Predictor = Callable[[DHCPScan, DHCPScan, ModelInput], Tensor]
+"""``predict(first, last, source)``: the prediction of ``last`` (model grid, [0, 1]) from ``first``,
+whose model input is ``source``."""
+
+
+def pair_rows(pairs: list[tuple], grid: ModelGrid, predict: Predictor, cache: Path, distributed, *,
+              description: str, workers: int, quiet: bool, advice: str = "") -> list[dict]:
+    """The scores (:func:`score_pair`) of ``predict`` on each (first, last) pair, the scans read
+    through the prepared-volume cache ``cache`` as the INR's training prepares them."""
+    scans = [scan for pair in pairs for scan in pair]
+    # The training's request: the same grid, so scans it prepared are read again.
+    entries = prepared_entries([preparation_request(scan, grid) for scan in scans], PreparedCache(cache),
+                               distributed, quiet=quiet)
+    entry_of = {scan.t2w_path: entry for scan, entry in zip(scans, entries, strict=True)}
+
+    def scored(loaded: tuple) -> dict:
+        first, last, source, truth = loaded
+        return score_pair(first, last, source, truth, predict(first, last, source), grid)
+
+    return run_cohort(pairs, scored, distributed, description=description,
+                      load=lambda pair: (*pair, *(cached_input(entry_of[scan.t2w_path]) for scan in pair)),
+                      workers=workers, quiet=quiet, advice=advice)
+
+
 def _pair_rows(run_dir, data, cache: Path, *, fit_steps: int | None, fit_voxels: int | None, device: str,
                workers: int, quiet: bool, subjects: str = "held-out") -> list[dict]:
     distributed = setup(device)
@@ -126,15 +158,11 @@ def _pair_rows(run_dir, data, cache: Path, *, fit_steps: int | None, fit_voxels:
         trained = load_trained(run_dir, distributed.device)
         steps = fit_steps or FIT_STEPS[trained.settings.dims]
         pairs = test_pairs(data, trained.settings.split_seed, subjects)
-        scans = [scan for pair in pairs for scan in pair]
-        # The training's request: the same grid, so scans it prepared are read again.
-        entries = prepared_entries([preparation_request(scan, trained.grid) for scan in scans], PreparedCache(cache),
-                                   distributed, quiet=quiet)
-        entry_of = {scan.t2w_path: entry for scan, entry in zip(scans, entries, strict=True)}
-        return run_cohort(pairs, lambda loaded: predict_pair(trained, *loaded, fit_steps=steps, fit_voxels=fit_voxels),
-                          distributed, description="inr evaluation",
-                          load=lambda pair: (*pair, *(cached_input(entry_of[scan.t2w_path]) for scan in pair)),
-                          workers=workers, quiet=quiet, advice="Pass --fit-voxels to fit on sampled voxels.")
+        return pair_rows(pairs, trained.grid,
+                         lambda first, last, source: predict_pair(trained, first, last, source, fit_steps=steps,
+                                                                  fit_voxels=fit_voxels),
+                         cache, distributed, description="inr evaluation", workers=workers, quiet=quiet,
+                         advice="Pass --fit-voxels to fit on sampled voxels.")
     finally:
         teardown()
 

@@ -89,3 +89,68 @@ def paper_scale_footprints() -> list[Footprint]:
     rows += [Footprint(FITTING, variant, measure_peak(latent_fitting_step(variant), device="meta").peak_bytes,
                        PAPER_INFERENCE_MB * 10**6 if variant == OURS else None) for variant in (OURS, REFERENCE)]
     return rows
+
+
+PAPER_DDMGG = dict(channels=160, channel_mult=(1, 1, 2, 2, 4, 4), blocks=2, regressor_channels=192,
+                   regressor_channel_mult=(1, 1, 2, 2, 4, 4), regressor_blocks=2)
+"""The DDM+GG baseline at the paper's size: this U-Net (no attention) and its encoder with the
+paper's parameter counts, 114 M and 87 M (Table 2: 113,669,762 and 86,786,817), within 3 %."""
+PAPER_SLICE = (256, 256)
+BASELINE_TRAINING, BASELINE_SAMPLING = "DDM+GG training step", "DDM+GG guided sampling step"
+
+
+def ddmgg_parameter_counts(settings) -> dict[str, int]:
+    """Parameters of the denoiser and the regressor of a ``DDMGGConfig``."""
+    from brainkernels.inr.baseline import DDMGG
+
+    with torch.device("meta"):
+        model = DDMGG(settings)
+    return {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ("denoiser", "regressor")}
+
+
+def ddmgg_footprints(settings, shape: tuple[int, int], batch_size: int, device: str = "meta") -> list[Footprint]:
+    """Peak bytes (float32, weights and optimiser state excluded) of one training step of both
+    networks on ``batch_size`` slices of ``shape``, and of one guided sampling step (the denoiser
+    without gradients, the regressor's gradient with respect to x_t) on one slice."""
+    from brainkernels.diffusion.process import Diffusion
+    from brainkernels.inr.baseline import DDMGG, age_log_likelihood_gradient, training_loss
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = DDMGG(settings).to(device)
+    batch = {"target": torch.zeros(batch_size, 1, *shape, device=device),
+             "condition": torch.zeros(batch_size, 1, *shape, device=device),
+             "age": torch.zeros(batch_size, device=device)}
+    loss = training_loss(Diffusion(settings.diffusion_steps))
+    x, t = torch.zeros(1, 1, *shape, device=device), torch.full((1,), 500, device=device)
+    gradient = age_log_likelihood_gradient(model, 0.5)
+
+    def sampling_step():
+        with torch.no_grad():
+            model.noise(x, t, x)
+        gradient(x, t)
+
+    return [Footprint(BASELINE_TRAINING, f"batch {batch_size}, {shape[0]}x{shape[1]}",
+                      measure_peak(lambda: loss(model, batch), backward=True, device=device).peak_bytes),
+            Footprint(BASELINE_SAMPLING, f"{shape[0]}x{shape[1]}",
+                      measure_peak(sampling_step, device=device).peak_bytes)]
+
+
+def inr_2d_footprints(shape: tuple[int, int], device: str = "meta") -> list[Footprint]:
+    """Peak bytes of the paper's 2D INR (fused) beside the baseline's: a training step (4 slices,
+    5 % of their pixels each, as ``inr train``) and a latent-fitting step over the whole slice."""
+    network = CoordinateMLP(**{**PAPER_NETWORK, "dims": 2}, device=device)
+    pixels = math.ceil(0.05 * math.prod(shape))
+    coords, targets = torch.zeros(4, pixels, 2, device=device), torch.zeros(4, pixels, device=device)
+    latents = torch.zeros(4, 128, device=device, requires_grad=True)
+
+    def training_step():
+        return sum(F.mse_loss(network(coords[b], 0.5, latents[b]), targets[b]) for b in range(4))
+
+    latent, image = torch.zeros(128, device=device, requires_grad=True), torch.zeros(shape, device=device)
+    fitting = network.requires_grad_(False)
+    peaks = [measure_peak(lambda: F.mse_loss(fitting(shape, 0.5, latent), image), backward=True, device=device)]
+    network.requires_grad_(True)
+    peaks.insert(0, measure_peak(training_step, backward=True, device=device))
+    return [Footprint("INR training step", f"batch 4, 5 % of {shape[0]}x{shape[1]}", peaks[0].peak_bytes),
+            Footprint("INR latent-fitting step", f"{shape[0]}x{shape[1]}", peaks[1].peak_bytes)]

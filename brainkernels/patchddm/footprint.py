@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from brainkernels.diffusion.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, DiffusionUNet, Recompute
 from brainkernels.memory import Footprint, measure_peak
-from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, DiffusionUNet, Recompute
 
 IN_CHANNELS = 8  # x_t, four MR sequences, three coordinates
 OURS, UNFUSED, MONAI = "brainkernels", "unfused PyTorch", "MONAI DiffusionModelUNet"

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from brainkernels.diffusion.unet import DiffusionUNet
 from brainkernels.errors import BrainkernelsError
 from brainkernels.patchddm.data import PreparedSubject, network_input
 from brainkernels.patchddm.diffusion import Diffusion, signal_to_probability
 from brainkernels.patchddm.train import PatchDDMConfig
-from brainkernels.patchddm.unet import DiffusionUNet
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from torch import Tensor, nn
 from brainkernels.data.cache import PreparedCache
 from brainkernels.data.layouts.brats import check_subjects, read_brats
 from brainkernels.data.layouts.splits import split_by_subject
+from brainkernels.diffusion.process import Diffusion
+from brainkernels.diffusion.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, RECOMPUTE, DiffusionUNet, Recompute
 from brainkernels.errors import BrainkernelsError
 from brainkernels.patchddm.data import MODES, Mode, TrainingSamples, preparation_request
-from brainkernels.patchddm.diffusion import Diffusion
-from brainkernels.patchddm.unet import PAPER_CHANNEL_MULT, PAPER_CHANNELS, RECOMPUTE, DiffusionUNet, Recompute
 from brainkernels.runtime import Trainer, TrainerConfig, config, setup, teardown
 from brainkernels.runtime.claim import claimed_run
 from brainkernels.runtime.prepared import cache_folder, prepared_entries
