@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from brainkernels.atomic import atomic_path
 from brainkernels.data.orientation import VIEWS, mark_orientation
-from brainkernels.data.synth.ct import HeadFindings, draw_fracture, draw_haemorrhage, render_ct
+from brainkernels.data.synth.ct import FRACTURE_KINDS, HeadFindings, draw_fracture, draw_haemorrhage, render_ct
 from brainkernels.data.synth.mr import MODALITIES, SEG_LABELS, draw_tumour, render_brats
 from brainkernels.data.synth.neonatal import render_neonate
 from brainkernels.data.synth.subject import draw_subject
@@ -47,9 +47,10 @@ def _ct_figure(rng: np.random.Generator, shape: int) -> Figure:
     cases = {
         "intraparenchymal haemorrhage (left)": HeadFindings((draw_haemorrhage(rng, "left", "intraparenchymal"),)),
         "subdural haemorrhage (right)": HeadFindings((draw_haemorrhage(rng, "right", "subdural"),)),
-        "calvarial fracture": HeadFindings(fracture=draw_fracture(rng, "left")),
+        **{f"{kind} calvarial fracture": HeadFindings(fracture=draw_fracture(rng, "left", kind))
+           for kind in FRACTURE_KINDS},
     }
-    figure = Figure(figsize=(10, 10.5), facecolor="black")
+    figure = Figure(figsize=(10, 3.5 * len(cases)), facecolor="black")
     axes = figure.subplots(len(cases), 3)
     for row, (title, findings) in enumerate(cases.items()):
         scan = render_ct(draw_subject(int(rng.integers(2**31))), findings, shape)
