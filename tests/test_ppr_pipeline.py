@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from brainkernels.data.cache import PreparedCache
 from brainkernels.data.layouts.cq500 import read_cq500
 from brainkernels.data.preprocess import equalize_ct
-from brainkernels.data.synth.cohort import write_cohort
+from brainkernels.data.synth.cohort import read_cohort, write_cohort
+from brainkernels.data.synth.cq500 import finding_kinds
 from brainkernels.data.volume import load_nifti, save_nifti
 from brainkernels.errors import BrainkernelsError
 from brainkernels.ops import extract_patches3d
@@ -22,7 +24,7 @@ from brainkernels.ppr import healthy_reference
 from brainkernels.ppr.data import PositionPatches, near_foreground, preparation_request, prepare
 from brainkernels.ppr.evaluate import MAX_ERROR, VS_HEALTHY, detect, evaluate
 from brainkernels.ppr.infer import normalised_positions
-from brainkernels.ppr.train import PPRConfig, load_trained, train
+from brainkernels.ppr.train import NEGATIVES, PPRConfig, load_trained, train
 from brainkernels.runtime import RunFolder
 
 SHAPE = 32
@@ -80,9 +82,43 @@ def test_command_line_train_detect_evaluate(cohort, tmp_path):
     assert {"left_bleed_max_error", "left_bleed_vs_healthy"} <= set(pd.read_csv(run / "evaluation" / "scores.csv"))
     held_out = len(pd.read_csv(run / "evaluation" / "scores.csv"))
     everyone = brainkernels("ppr", "evaluate", "--model", str(run), "--data", str(cohort), "--subjects", "all",
-                            "--out", str(tmp_path / "all"), "--quiet", cwd=tmp_path)
+                            "--out", str(tmp_path / "all"), "--negatives", "healthy", "--by-kind", "--quiet",
+                            cwd=tmp_path)
     assert everyone.returncode == 0, everyone.stderr
+    assert "fracture (skull): " in everyone.stdout
     assert held_out < len(pd.read_csv(tmp_path / "all" / "scores.csv")) == len(list((cohort / "scans").iterdir()))
+
+
+def test_negatives_and_finding_kinds_choose_the_scans_of_each_auroc(cohort, tmp_path):
+    run = train(cohort, tmp_path / "run", PPRConfig(network_size=1, patch=19, steps=2, patches_per_step=8,
+                                                    device="cpu"), quiet=True)
+    kinds = finding_kinds(read_cohort(cohort).records)
+    labels = {label: name for name, (_, label, _) in ppr_evaluate.STRUCTURES.items()}
+    for negatives in NEGATIVES:
+        out = tmp_path / negatives
+        aurocs = evaluate(run, cohort, out, subjects="all", negatives=negatives, by_kind=True, quiet=True)
+        scores = pd.read_csv(out / "scores.csv")
+        healthy = scores[list(labels)].sum(axis=1) == 0
+        expected_names = set()
+        for label, structure in labels.items():
+            scan_kinds = scores["name"].map(lambda name, label=label: kinds[name].get(label))
+            for kind in [None, *sorted(set(scan_kinds.dropna()))]:
+                name = structure if kind is None else f"{structure}: {kind}"
+                expected_names.add(name)
+                positive = (scores[label] == 1) & ((scan_kinds == kind) if kind else True)
+                negative = (scores[label] == 0) & (healthy if negatives == "healthy" else True)
+                chosen = positive | negative
+                if positive.any() and negative.any():
+                    expected = roc_auc_score(positive[chosen], scores[f"{label}_max_error"][chosen])
+                    assert aurocs[MAX_ERROR][name] == pytest.approx(expected)
+        assert set(aurocs[MAX_ERROR]) == expected_names
+        assert any(": linear" in name or ": depressed" in name or ": multiple" in name for name in expected_names)
+        table = pd.read_csv(out / "auroc.csv")
+        assert set(table["negatives"]) == {negatives} and set(table["structure"]) == expected_names
+    with pytest.raises(BrainkernelsError, match="--by-kind needs a synthetic cohort"):
+        evaluate(run, tmp_path / "no-cohort", tmp_path / "none", by_kind=True, quiet=True)
+    with pytest.raises(ValueError, match="negatives must be one of"):
+        evaluate(run, cohort, tmp_path / "none", negatives="bleeds", quiet=True)
 
 
 def test_anomaly_figures_cut_through_and_outline_the_true_finding(cohort, monkeypatch):

@@ -30,11 +30,13 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
     aurocs = evaluate(arguments.model, arguments.data, arguments.out, mode=arguments.mode, tile=arguments.tile,
                       device=arguments.device, workers=arguments.workers, quiet=arguments.quiet,
-                      precision=arguments.precision, subjects=arguments.subjects, cache=arguments.cache)
+                      precision=arguments.precision, subjects=arguments.subjects, cache=arguments.cache,
+                      negatives=arguments.negatives, by_kind=arguments.by_kind)
     scores = list(aurocs)
-    print(f"{'AUROC':<26}" + "".join(f"{score:>24}" for score in scores))
+    width = max(26, *(len(name) + 2 for name in aurocs[scores[0]]))
+    print(f"{'AUROC':<{width}}" + "".join(f"{score:>24}" for score in scores))
     for name in aurocs[scores[0]]:
-        print(f"{name:<26}" + "".join(f"{aurocs[score][name]:>24.3f}" for score in scores))
+        print(f"{name:<{width}}" + "".join(f"{aurocs[score][name]:>24.3f}" for score in scores))
     return 0
 
 
@@ -61,7 +63,7 @@ def register_command(commands) -> None:
                               description="Patch position regression (Bieder et al., MIDL 2022).")
     verbs = ppr.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    from brainkernels.ppr.train import METHOD, RUN_FILES, PPRConfig, train
+    from brainkernels.ppr.train import METHOD, NEGATIVES, RUN_FILES, PPRConfig, train
 
     add_train_verb(verbs, PPRConfig, train, help="train on the healthy scans of a CQ500-style cohort",
                    description="Train PPR (or --model ae, the autoencoder baseline) on healthy scans.",
@@ -88,4 +90,10 @@ def register_command(commands) -> None:
     evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
     add_subjects_option(evaluate)
     add_cache_option(evaluate)
+    evaluate.add_argument("--negatives", choices=NEGATIVES, default="all",
+                          help="the scans each AUROC tells the positives from: all, every held-out scan without "
+                               "that structure's finding (the paper's test set); healthy, only those without any")
+    evaluate.add_argument("--by-kind", action="store_true",
+                          help="synthetic cohorts: also an AUROC per kind of finding (intraparenchymal or subdural "
+                               "bleed; linear, depressed or multiple fracture), from cohort.json")
     evaluate.set_defaults(run=_evaluate)

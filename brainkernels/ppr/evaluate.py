@@ -17,6 +17,8 @@ from brainkernels.data.cache import PreparedCache
 from brainkernels.data.command_folders import check_output_folder
 from brainkernels.data.layouts.common import load_label_map
 from brainkernels.data.layouts.cq500 import MASK_MEANING, CQ500Scan, load_cq500_structures, read_cq500
+from brainkernels.data.synth.cohort import read_cohort
+from brainkernels.data.synth.cq500 import finding_kinds
 from brainkernels.data.volume import Volume, nifti_files_below, save_nifti
 from brainkernels.errors import BrainkernelsError
 from brainkernels.figures import figure_point, orthogonal_slices, plt, save_figure
@@ -25,7 +27,7 @@ from brainkernels.ppr import healthy_reference, reference_grid
 from brainkernels.ppr.data import PreparedScan, cached_scan, preparation_request, prepare
 from brainkernels.ppr.healthy_reference import error_maps
 from brainkernels.ppr.infer import Precision
-from brainkernels.ppr.train import PPRConfig, healthy_split, load_trained
+from brainkernels.ppr.train import NEGATIVES, PPRConfig, healthy_split, load_trained
 from brainkernels.runtime import RunFolder, setup, shipped, teardown
 from brainkernels.runtime.inference import evaluated, run_cohort
 from brainkernels.runtime.prepared import inference_cache_folder, prepared_entries
@@ -167,15 +169,47 @@ def _score_column(label: str, score: str) -> str:
     return f"{label}_{COLUMN_SUFFIX[score]}"
 
 
+def _finding_kinds(data: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """The kinds of a synthetic cohort's findings, from its cohort.json."""
+    try:
+        cohort = read_cohort(data)
+    except (FileNotFoundError, ValueError) as error:
+        raise BrainkernelsError(f"--by-kind needs a synthetic cohort, whose cohort.json records the kind of each "
+                                f"finding ({error})") from error
+    if cohort.kind != "cq500":
+        raise BrainkernelsError(f"{data}: a synthetic {cohort.kind} cohort, not cq500")
+    return finding_kinds(cohort.records)
+
+
+def _groups(kinds: dict[str, dict[str, str]] | None) -> list[tuple[str, str, str | None]]:
+    """(name, scan label, finding kind or None for all) of every AUROC to report: each structure,
+    then, with ``kinds``, each structure per kind of its finding ("fracture (skull): depressed")."""
+    groups = [(name, label, None) for name, (_, label, _) in STRUCTURES.items()]
+    if kinds:
+        for name, (_, label, _) in STRUCTURES.items():
+            present = sorted({scan_kinds[label] for scan_kinds in kinds.values() if label in scan_kinds})
+            groups += [(f"{name}: {kind}", label, kind) for kind in present]
+    return groups
+
+
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              mode: Literal["dense", "patchwise"] = "dense", tile: int = 64, device: str = "auto",
              workers: int = DEFAULT_WORKERS, quiet: bool = False, precision: Precision = "float32",
-             subjects: str = "held-out", cache: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
+             subjects: str = "held-out", cache: str | os.PathLike | None = None, negatives: str = "all",
+             by_kind: bool = False) -> dict[str, dict[str, float]]:
     """Score the held-out scans of the cohort at ``data`` (``subjects="all"``: every scan, for a
     cohort the model never saw) per structure; writes ``scores.csv``,
     ``auroc.csv`` and ``roc.png`` to ``out`` (default ``RUN/evaluation``) and returns the AUROCs,
     per score (``VS_HEALTHY`` when the run has a healthy reference, and ``MAX_ERROR``) and structure.
-    The prepared scans come from the cache ``cache`` (default: the run's, else ``out/cache``)."""
+    The prepared scans come from the cache ``cache`` (default: the run's, else ``out/cache``).
+
+    ``negatives`` (``NEGATIVES``): the scans each AUROC tells the positives from, every held-out
+    scan without the structure's finding (the paper's) or the healthy ones only. ``by_kind``
+    (synthetic cohorts): also one AUROC per kind of finding, e.g. "fracture (skull): depressed",
+    its positives the scans with that kind."""
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
+    kinds = _finding_kinds(data) if by_kind else None
     out, run_dir = shipped.evaluation_folder(run_dir, out), shipped.resolve(run_dir, PPRConfig)
     distributed = setup(device)
     try:
@@ -213,23 +247,33 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
                     for score in scores:
                         row[_score_column(label, score)] = structure_scores[score][name]
                 rows.append(row)
-            for score in scores:
-                for name, (_, label, _) in STRUCTURES.items():
-                    truth = np.array([row[label] for row in rows])
-                    values = np.array([row[_score_column(label, score)] for row in rows])
-                    if truth.min() == truth.max():  # ROC needs both classes
+            labels = [label for _, label, _ in STRUCTURES.values()]
+            counts = {}
+            for name, label, kind in _groups(kinds):
+                positive = [row[label] == 1 and (kind is None or kinds[row["name"]].get(label) == kind)
+                            for row in rows]
+                negative = [row[label] == 0 and (negatives == "all" or not any(row[other] for other in labels))
+                            for row in rows]
+                chosen = [row for row, used in zip(rows, np.logical_or(positive, negative)) if used]
+                truth = np.array([int(used) for used, other in zip(positive, negative) if used or other])
+                counts[name] = (len(chosen), int(truth.sum()))
+                for score in scores:
+                    if truth.size == 0 or truth.min() == truth.max():  # ROC needs both classes
                         aurocs[score][name] = Undefined("needs held-out scans with and without it")
                         continue
+                    values = np.array([row[_score_column(label, score)] for row in chosen])
                     aurocs[score][name] = float(roc_auc_score(truth, values))
-                    false_positive, true_positive, _ = roc_curve(truth, values)
-                    curves[score, name] = (false_positive, true_positive, aurocs[score][name])
+                    if kind is None:
+                        false_positive, true_positive, _ = roc_curve(truth, values)
+                        curves[score, name] = (false_positive, true_positive, aurocs[score][name])
             write_csv(out / "scores.csv", rows)
-            write_csv(out / "auroc.csv", [{"structure": name, "score": score, "auroc": value, "scans": len(rows),
-                                            "positives": sum(row[STRUCTURES[name][1]] for row in rows)}
+            write_csv(out / "auroc.csv", [{"structure": name, "score": score, "auroc": value, "scans": counts[name][0],
+                                            "positives": counts[name][1], "negatives": negatives}
                                            for score in scores for name, value in aurocs[score].items()])
             if curves:
                 save_figure(_roc_figure(curves, f"{settings.model.upper()} (m={settings.network_size}), "
-                                                f"{len(rows)} held-out scans"),
+                                                f"{len(rows)} held-out scans"
+                                                + ("" if negatives == "all" else ", negatives: healthy scans")),
                             out / "roc.png")
         return aurocs
     finally:

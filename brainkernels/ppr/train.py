@@ -28,6 +28,10 @@ METHOD = "ppr"
 ARCHITECTURE_KEYS = ("model", "network_size", "patch")
 RUN_FILES = (reference_grid.FILE, healthy_reference.FILE)  # what a PPR run writes beside every run's files
 TEST_FRACTION = 0.2  # of the healthy scans, held out with all anomalous scans (paper: 21 of 132)
+NEGATIVES = ("all", "healthy")
+"""Which held-out scans an AUROC counts as negatives: every scan without the structure's finding
+(the paper's test set: a fracture is told apart from healthy scans and from bleeds), or only the
+scans without any finding."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import importlib
 _EXPORTS = {
     "brainkernels.data.synth.subject": ("Subject", "draw_subject"),
     "brainkernels.data.synth.ct": (
-        "Fracture", "Haemorrhage", "HeadFindings", "CTScan", "ct_structures", "draw_findings", "draw_fracture",
+        "FRACTURE_KINDS", "Fracture", "FractureLine", "Haemorrhage", "HeadFindings", "CTScan", "ct_structures",
+        "draw_findings", "draw_fracture",
         "draw_haemorrhage", "render_ct",
     ),
     "brainkernels.data.synth.mr": ("BraTSScan", "Tumour", "draw_tumour", "render_brats"),

@@ -79,13 +79,24 @@ class Head:
 
 
 def compose_head(
-    grey: np.ndarray, white: np.ndarray, distance_mm: np.ndarray, *, skull_mm: float, ramp_mm: float
+    grey: np.ndarray, white: np.ndarray, distance_mm: np.ndarray, *, skull_mm: float, ramp_mm: float,
+    depression_mm: np.ndarray | None = None, swelling_mm: np.ndarray | None = None,
 ) -> Head:
     """The compartments of a head from template tissue maps and the signed distance to the brain's
     envelope; ``ramp_mm`` (about a voxel) is the width over which a boundary is shared between two
-    voxels. CSF fills what the brain leaves of the intracranial space."""
+    voxels. CSF fills what the brain leaves of the intracranial space.
+
+    An injured head: ``depression_mm`` (per voxel) pushes the skull inward by that much, into the
+    intracranial space, and the scalp fills the dent; ``swelling_mm`` thickens the scalp outward."""
     boundaries = np.cumsum([EXTRA_AXIAL_CSF_MM, skull_mm / 4, skull_mm / 2, skull_mm / 4, SCALP_MM])
-    inside = [ramp(np.float32(edge) - distance_mm, ramp_mm) for edge in boundaries]
+    inside = []
+    for index, edge in enumerate(boundaries):
+        signed = np.float32(edge) - distance_mm
+        if depression_mm is not None and index < len(boundaries) - 1:
+            signed = signed - depression_mm
+        if swelling_mm is not None and index == len(boundaries) - 1:
+            signed = signed + swelling_mm
+        inside.append(ramp(signed, ramp_mm))
     intracranial = inside[0]
     grey, white = grey * intracranial, white * intracranial
     return Head(

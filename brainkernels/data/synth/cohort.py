@@ -19,6 +19,9 @@ from brainkernels.data.synth.writing import CohortLayout
 from brainkernels.data.volume import check_voxel_count
 
 GENERATOR = "brainkernels.data.synth"
+GENERATOR_VERSION = 2
+"""Raised whenever a seed's cohort changes. 2: calvarial fractures of three kinds (linear,
+depressed, multiple) with physical widths and scalp swelling; every other scan is as in 1."""
 LAYOUTS: dict[str, CohortLayout] = {layout.kind: layout for layout in (cq500.LAYOUT, brats.LAYOUT, dhcp.LAYOUT)}
 KINDS = tuple(LAYOUTS)
 COHORT_FILE = "cohort.json"
@@ -111,6 +114,7 @@ def _write(kind: str, root: Path, subjects: int, shape: int, seed: int, options:
     description = {
         "generator": GENERATOR,
         "version": brainkernels.__version__,
+        "generator_version": GENERATOR_VERSION,
         "kind": kind,
         "seed": seed,
         "shape": [shape, shape, shape],

@@ -21,7 +21,7 @@ from brainkernels.data.volume import save_nifti
 CASE_BLOCK = ("healthy",) * 5 + ("left", "right", "left+right", "fracture", "right+fracture")
 CATEGORY = "synthetic"
 """Value of reads.csv's ``Category`` column (CQ500 uses it for its acquisition batches)."""
-_SUBJECT, _CASES = 0, 1
+_SUBJECT, _CASES, _FRACTURE = 0, 1, 2
 
 
 def plan(subjects: int, seed: int) -> list[dict]:
@@ -31,7 +31,10 @@ def plan(subjects: int, seed: int) -> list[dict]:
         case = CASE_BLOCK[random_stream(seed, _CASES, block).permutation(len(CASE_BLOCK))[position]]
         rng = random_stream(seed, _SUBJECT, index)
         subject = draw_subject(int(rng.integers(2**31)))
-        findings = draw_findings(rng, left="left" in case, right="right" in case, fracture="fracture" in case)
+        # The fracture has a stream of its own: changing how fractures are drawn leaves every
+        # other scan of a seed's cohort as it was.
+        findings = draw_findings(rng, left="left" in case, right="right" in case, fracture="fracture" in case,
+                                 fracture_rng=random_stream(seed, _FRACTURE, index))
         records.append({
             "name": f"SYNTH-CT-{index:03d}",
             "case": case,
@@ -40,6 +43,19 @@ def plan(subjects: int, seed: int) -> list[dict]:
             "reads": draw_reads(findings, rng),
         })
     return records
+
+
+def finding_kinds(records: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """Per scan (cohort.json's records by name), the kind of each finding by the label it counts
+    for: ``left_bleed`` and ``right_bleed`` (``HAEMORRHAGE_KINDS``), ``fracture``
+    (``FRACTURE_KINDS``)."""
+    kinds = {}
+    for name, record in records.items():
+        findings = HeadFindings.from_dict(record["findings"])
+        kinds[name] = {f"{h.side}_bleed": h.kind for h in findings.haemorrhages}
+        if findings.fracture is not None:
+            kinds[name]["fracture"] = findings.fracture.kind
+    return kinds
 
 
 def write_subject(root: Path, record: dict, shape: int) -> None:

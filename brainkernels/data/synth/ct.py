@@ -14,7 +14,7 @@ import numpy as np
 
 from brainkernels.data.synth.anatomy import DEFAULT_SKULL_MM, EXTRA_AXIAL_CSF_MM, compose_head, template_anatomy
 from brainkernels.data.synth.fields import lattice_noise
-from brainkernels.data.synth.grid import ADULT_FOV_MM, HEAD_CENTRE_MM, as_volume, block_around, grid_axes, ramp
+from brainkernels.data.synth.grid import ADULT_FOV_MM, as_volume, block_around, grid_axes, ramp
 from brainkernels.data.synth.placement import draw_point, placement_anatomy, placement_points
 from brainkernels.data.synth.subject import Subject, subject_grid, tuple_fields
 from brainkernels.data.volume import Volume
@@ -39,9 +39,18 @@ MASK_LABELS = {"none": 0, "haemorrhage": 1, "fracture": 2}
 STRUCTURE_LABELS = {"left": 1, "right": 2, "skull": 3}
 SIDES = ("left", "right")
 HAEMORRHAGE_KINDS = ("intraparenchymal", "subdural")
+FRACTURE_KINDS = ("linear", "depressed", "multiple")
+FRACTURE_WIDTH_MM = (1.0, 3.0)
+"""Range of a fracture line's width (real calvarial fracture lines are 1-3 mm wide on 1 mm CT)."""
 
 _IRREGULARITY = 0.2
 """Amplitude of the smooth noise added to a haemorrhage's normalised radius (capped at 2.5 sigma)."""
+_JAG_MM = 1.0
+"""Amplitude of the smooth noise that makes fracture lines and a fragment's outline jagged."""
+_FRACTURE_DEPTH_MM = (-30.0, 20.0)
+"""How far inward (negative) and outward of the impact point, along its outward direction, a
+fracture acts: enough for the skull's curvature under a line 80 mm long, and never reaching the
+far side of the head."""
 
 
 @dataclass(frozen=True)
@@ -62,9 +71,10 @@ class Haemorrhage:
 
 
 @dataclass(frozen=True)
-class Fracture:
-    """A calvarial fracture: a jagged gap of ``width_mm`` through the skull, ``length_mm`` long,
-    along the plane through ``centre_mm`` with unit ``normal`` (tangent to the skull); ``seed``
+class FractureLine:
+    """One fracture line: a jagged gap ``width_mm`` wide through the full thickness of the skull,
+    ``length_mm`` long, in the plane through ``centre_mm`` with unit ``normal``. The plane holds
+    the skull's outward direction, so the gap runs from the inner to the outer table; ``seed``
     fixes the jag."""
 
     centre_mm: tuple[float, float, float]
@@ -72,6 +82,37 @@ class Fracture:
     length_mm: float
     width_mm: float
     seed: int
+
+
+@dataclass(frozen=True)
+class Fracture:
+    """A calvarial fracture of ``kind`` (``FRACTURE_KINDS``) around the point of impact
+    ``impact_mm`` (in the middle of the skull; ``outward`` is the skull's unit normal there).
+
+    linear: one line through the impact; multiple: two to four lines radiating from it;
+    depressed: a fragment of radius ``fragment_radius_mm`` around the impact, cut free by a ring
+    fracture ``ring_width_mm`` wide and pushed ``depression_mm`` inward, with at most two lines
+    radiating from the ring. Every fracture comes with scalp swelling: the scalp thickened by
+    ``swelling_mm`` over the impact, tapering to nothing ``swelling_radius_mm`` away. ``seed``
+    fixes the fragment's jagged outline."""
+
+    kind: str
+    impact_mm: tuple[float, float, float]
+    outward: tuple[float, float, float]
+    lines: tuple[FractureLine, ...]
+    fragment_radius_mm: float
+    ring_width_mm: float
+    depression_mm: float
+    swelling_mm: float
+    swelling_radius_mm: float
+    seed: int
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> Fracture:
+        if "kind" not in fields:
+            raise ValueError("a fracture recorded by a generator before version 2 (no 'kind'); regenerate the cohort")
+        fields = tuple_fields(fields)
+        return cls(**{**fields, "lines": tuple(FractureLine(**tuple_fields(line)) for line in fields["lines"])})
 
 
 @dataclass(frozen=True)
@@ -104,7 +145,7 @@ class HeadFindings:
         fracture = fields.get("fracture")
         return cls(
             haemorrhages=tuple(Haemorrhage(**tuple_fields(h)) for h in fields.get("haemorrhages", ())),
-            fracture=None if fracture is None else Fracture(**tuple_fields(fracture)),
+            fracture=None if fracture is None else Fracture.from_dict(fracture),
         )
 
 
@@ -115,12 +156,18 @@ class CTScan(NamedTuple):
     """``MASK_LABELS``: 0 none, 1 haemorrhage, 2 fracture."""
 
 
-def draw_findings(rng: np.random.Generator, *, left: bool, right: bool, fracture: bool) -> HeadFindings:
+def draw_findings(rng: np.random.Generator, *, left: bool, right: bool, fracture: bool,
+                  fracture_rng: np.random.Generator | None = None) -> HeadFindings:
     """Findings with a haemorrhage in each requested hemisphere and, if asked, a calvarial
-    fracture (on the side of a bleed when there is one: one blow causes both)."""
+    fracture (on the side of a bleed when there is one: one blow causes both). The fracture is
+    drawn from ``fracture_rng`` (default ``rng``), so a cohort can give it a stream of its own."""
     haemorrhages = tuple(draw_haemorrhage(rng, side) for side, wanted in zip(SIDES, (left, right)) if wanted)
+    # Drawn from ``rng`` with or without a fracture, as generator version 1 did: the draws that
+    # follow (the readers') stay those of version 1.
     fracture_side = haemorrhages[0].side if haemorrhages else SIDES[int(rng.integers(2))]
-    return HeadFindings(haemorrhages, draw_fracture(rng, fracture_side) if fracture else None)
+    if not fracture:
+        return HeadFindings(haemorrhages)
+    return HeadFindings(haemorrhages, draw_fracture(rng if fracture_rng is None else fracture_rng, fracture_side))
 
 
 def draw_haemorrhage(rng: np.random.Generator, side: str, kind: str | None = None) -> Haemorrhage:
@@ -153,36 +200,90 @@ def draw_haemorrhage(rng: np.random.Generator, side: str, kind: str | None = Non
     )
 
 
-def draw_fracture(rng: np.random.Generator, side: str) -> Fracture:
-    """A calvarial fracture in the vault over the ``side`` ("left", "right") hemisphere."""
+def draw_fracture(rng: np.random.Generator, side: str, kind: str | None = None) -> Fracture:
+    """A calvarial fracture in the vault over the ``side`` ("left", "right") hemisphere, of
+    ``kind`` (``FRACTURE_KINDS``; default: linear two times in four, depressed and multiple once
+    each, as linear fractures are the most common)."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {', '.join(SIDES)}; got {side!r}")
+    if kind is None:
+        kind = FRACTURE_KINDS[int(rng.choice(3, p=[0.5, 0.25, 0.25]))]
+    elif kind not in FRACTURE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(FRACTURE_KINDS)}; got {kind!r}")
     anatomy = placement_anatomy()
     x, _, z = placement_points()
     lateral = x if side == "right" else -x
     middle_of_skull = EXTRA_AXIAL_CSF_MM + DEFAULT_SKULL_MM / 2
     # The calvaria: the vault above the skull base, on the requested side.
     allowed = (np.abs(anatomy.distance - middle_of_skull) < 2.0) & (lateral > 10) & (z > 20)
-    centre = np.asarray(draw_point(rng, allowed, "calvarial fracture"))
-    outward = centre - np.asarray(HEAD_CENTRE_MM)
-    outward /= np.linalg.norm(outward)
-    direction = rng.standard_normal(3)
-    normal = direction - direction @ outward * outward  # the fracture plane holds the outward direction
-    normal /= np.linalg.norm(normal)
+    impact = np.asarray(draw_point(rng, allowed, "calvarial fracture"))
+    outward = _skull_normal(impact)
+    # Two directions along the skull at the impact.
+    first = np.cross(outward, [0.0, 0.0, 1.0] if abs(outward[2]) < 0.9 else [1.0, 0.0, 0.0])
+    first /= np.linalg.norm(first)
+    second = np.cross(outward, first)
+
+    def line(start: np.ndarray, angle: float, length: float, through: bool) -> FractureLine:
+        """A line along the skull in direction ``angle``: centred on ``start`` when ``through``,
+        else starting there."""
+        direction = np.cos(angle) * first + np.sin(angle) * second
+        centre = start if through else start + direction * length / 2
+        return FractureLine(
+            centre_mm=tuple(float(c) for c in centre),
+            normal=tuple(float(n) for n in np.cross(outward, direction)),
+            length_mm=float(length),
+            width_mm=float(rng.uniform(*FRACTURE_WIDTH_MM)),
+            seed=int(rng.integers(2**31)),
+        )
+
+    fragment_radius = ring_width = depression = 0.0
+    if kind == "linear":
+        lines = (line(impact, rng.uniform(0, np.pi), rng.uniform(30.0, 80.0), through=True),)
+    elif kind == "multiple":
+        count = int(rng.integers(2, 5))
+        angles = rng.uniform(0, 2 * np.pi) + 2 * np.pi * (np.arange(count) + rng.uniform(-0.2, 0.2, count)) / count
+        lines = tuple(line(impact, angle, rng.uniform(20.0, 50.0), through=False) for angle in angles)
+    else:
+        fragment_radius = float(rng.uniform(10.0, 20.0))
+        ring_width = float(rng.uniform(*FRACTURE_WIDTH_MM))
+        depression = float(rng.uniform(2.0, 6.0))
+        angles = rng.uniform(0, 2 * np.pi, int(rng.integers(0, 3)))
+        lines = tuple(
+            line(impact + fragment_radius * (np.cos(a) * first + np.sin(a) * second), a, rng.uniform(15.0, 40.0),
+                 through=False)
+            for a in angles
+        )
     return Fracture(
-        centre_mm=tuple(float(c) for c in centre),
-        normal=tuple(float(n) for n in normal),
-        length_mm=float(rng.uniform(30.0, 60.0)),
-        width_mm=float(rng.uniform(1.5, 3.0)),
+        kind=kind,
+        impact_mm=tuple(float(c) for c in impact),
+        outward=tuple(float(n) for n in outward),
+        lines=lines,
+        fragment_radius_mm=fragment_radius,
+        ring_width_mm=ring_width,
+        depression_mm=depression,
+        swelling_mm=float(rng.uniform(3.0, 10.0)),
+        swelling_radius_mm=float(rng.uniform(25.0, 45.0)),
         seed=int(rng.integers(2**31)),
     )
+
+
+def _skull_normal(point_mm: np.ndarray) -> np.ndarray:
+    """The skull's outward unit normal at a template point: the gradient of the distance to the
+    brain's envelope, by central differences over 2 mm."""
+    offsets = np.concatenate([np.eye(3), -np.eye(3)]) * 2.0
+    _, _, distance = placement_anatomy().sample((point_mm + offsets).astype(np.float32))
+    gradient = distance[:3] - distance[3:]
+    return gradient / np.linalg.norm(gradient)
 
 
 def render_ct(subject: Subject, findings: HeadFindings, shape: int = 96) -> CTScan:
     """The subject's head CT with ``findings`` on a ``shape``^3 grid of ``ADULT_FOV_MM``."""
     grid = subject_grid(subject, shape, ADULT_FOV_MM)
     grey, white, distance = template_anatomy(shape, ADULT_FOV_MM).sample(grid.points_mm)
-    head = compose_head(grey, white, distance, skull_mm=subject.skull_mm, ramp_mm=grid.ramp_mm)
+    injury = None if findings.fracture is None else _fracture_fields(findings.fracture, grid.points_mm, grid.ramp_mm)
+    head = compose_head(grey, white, distance, skull_mm=subject.skull_mm, ramp_mm=grid.ramp_mm,
+                        depression_mm=None if injury is None else injury.depression_mm,
+                        swelling_mm=None if injury is None else injury.swelling_mm)
 
     # Blood's share of the intracranial contents, and its density.
     blood = np.zeros_like(distance)
@@ -192,12 +293,8 @@ def render_ct(subject: Subject, findings: HeadFindings, shape: int = 96) -> CTSc
         share = _haemorrhage_share(haemorrhage, grid.points_mm[block], distance[block], grid.ramp_mm)
         blood[block] = np.maximum(blood[block], share)
         blood_hu[block] = np.where(share > 0, np.float32(haemorrhage.density_hu), blood_hu[block])
-    # The fracture line's share of the bone.
-    gap = np.zeros_like(distance)
-    if (fracture := findings.fracture) is not None:
-        reach = fracture.length_mm / 2 + fracture.width_mm + 2 * grid.ramp_mm
-        block = block_around(grid.points_mm, fracture.centre_mm, reach)
-        gap[block] = _fracture_gap(fracture, grid.points_mm[block], grid.ramp_mm)
+    # The fracture lines' share of the bone.
+    gap = np.zeros_like(distance) if injury is None else injury.gap
 
     hu = {name: np.float32(value) for name, value in HOUNSFIELD.items()}
     texture = TEXTURE_HU * lattice_noise(subject.seed, 8.0, grid.points_mm)
@@ -215,7 +312,8 @@ def render_ct(subject: Subject, findings: HeadFindings, shape: int = 96) -> CTSc
 
     mask = np.zeros(image.shape, dtype=np.float32)
     mask[blood * head.intracranial > 0.5] = MASK_LABELS["haemorrhage"]
-    mask[(gap > 0.5) & (bone > 0.5)] = MASK_LABELS["fracture"]
+    if injury is not None:
+        mask[injury.marked & (bone > 0.5)] = MASK_LABELS["fracture"]
     return CTScan(as_volume(image, grid.affine), as_volume(mask, grid.affine))
 
 
@@ -254,12 +352,64 @@ def _haemorrhage_share(
     return share
 
 
-def _fracture_gap(fracture: Fracture, points: np.ndarray, ramp_mm: float) -> np.ndarray:
-    """The share of each voxel's bone that the fracture line removes."""
-    offset = points - np.asarray(fracture.centre_mm, dtype=np.float32)
-    across = offset @ np.asarray(fracture.normal, dtype=np.float32)
-    along = np.sqrt(np.maximum((offset**2).sum(axis=-1) - across**2, 0))
-    across += 1.0 * lattice_noise(fracture.seed, 8.0, points)
-    # A line thinner than a voxel would vanish in the partial volume; widen it to stay visible.
-    half_width = max(fracture.width_mm, 1.5 * ramp_mm) / 2
-    return ramp(half_width - np.abs(across), ramp_mm) * ramp(fracture.length_mm / 2 - along, ramp_mm)
+class FractureFields(NamedTuple):
+    """A fracture on a grid: ``gap``, the share of each voxel's bone that the fracture lines
+    remove; ``depression_mm`` and ``swelling_mm``, for `compose_head`; ``marked``, the voxels its
+    mask holds (the lines, at least one voxel wide, and the depressed fragment)."""
+
+    gap: np.ndarray
+    depression_mm: np.ndarray
+    swelling_mm: np.ndarray
+    marked: np.ndarray
+
+
+def _fracture_fields(fracture: Fracture, points: np.ndarray, ramp_mm: float) -> FractureFields:
+    """The fracture's fields on the grid of ``points`` (D, H, W, 3), computed on the block that
+    the fracture can reach."""
+    impact = np.asarray(fracture.impact_mm, dtype=np.float32)
+    reach = max([fracture.fragment_radius_mm + fracture.ring_width_mm, fracture.swelling_radius_mm,
+                 -_FRACTURE_DEPTH_MM[0]]
+                + [float(np.linalg.norm(np.subtract(line.centre_mm, impact))) + line.length_mm / 2 + line.width_mm
+                   for line in fracture.lines])
+    block = block_around(points, fracture.impact_mm, reach + 2 * ramp_mm + 3 * _JAG_MM)
+    grid_fields = FractureFields(*(np.zeros(points.shape[:-1], dtype=dtype) for dtype in [np.float32] * 3 + [bool]))
+    points = points[block]
+    fields = FractureFields(*(field[block] for field in grid_fields))  # views: writing them fills the grid's
+
+    outward = np.asarray(fracture.outward, dtype=np.float32)
+    depth = (points - impact) @ outward
+    # Near the impact only: a line's plane passes through the head and must not cut the far side.
+    inward_limit, outward_limit = (np.float32(limit) for limit in _FRACTURE_DEPTH_MM)
+    window = ramp(depth - inward_limit, ramp_mm) * ramp(outward_limit - depth, ramp_mm)
+    near = window > 0.5
+    for line in fracture.lines:
+        offset = points - np.asarray(line.centre_mm, dtype=np.float32)
+        normal = np.asarray(line.normal, dtype=np.float32)
+        across = offset @ normal + np.float32(_JAG_MM) * lattice_noise(line.seed, 8.0, points)
+        along = offset @ np.cross(normal, outward)
+        share = _slab(across, line.width_mm, ramp_mm) * ramp(line.length_mm / 2 - np.abs(along), ramp_mm) * window
+        np.maximum(fields.gap, share, out=fields.gap)
+        fields.marked[(np.abs(across) <= max(line.width_mm, ramp_mm) / 2) & (np.abs(along) <= line.length_mm / 2)
+                      & near] = True
+    # Distance from the impact along the skull (from the line through it along ``outward``).
+    along_skull = np.linalg.norm(points - impact - depth[..., None] * outward, axis=-1)
+    if fracture.kind == "depressed":
+        outline = fracture.fragment_radius_mm + np.float32(_JAG_MM) * lattice_noise(fracture.seed, 8.0, points)
+        across = along_skull - outline
+        np.maximum(fields.gap, _slab(across, fracture.ring_width_mm, ramp_mm) * window, out=fields.gap)
+        fragment = ramp(-across, ramp_mm) * window
+        fields.depression_mm[...] = fracture.depression_mm * fragment
+        fields.marked[(np.abs(across) <= max(fracture.ring_width_mm, ramp_mm) / 2) & near] = True
+        fields.marked[fragment > 0.5] = True
+    taper = np.clip(1 - (along_skull / np.float32(fracture.swelling_radius_mm)) ** 2, 0, 1) ** 2
+    fields.swelling_mm[...] = fracture.swelling_mm * taper * window
+    return grid_fields
+
+
+def _slab(across_mm: np.ndarray, width_mm: float, voxel_mm: float) -> np.ndarray:
+    """The share of a voxel ``voxel_mm`` wide, centred ``across_mm`` from the middle of a slab
+    ``width_mm`` wide, that the slab covers: a line thinner than a voxel dims one voxel by its
+    share, instead of vanishing or being widened to a voxel."""
+    half_width, half_voxel = np.float32(width_mm / 2), np.float32(voxel_mm / 2)
+    overlap = np.minimum(across_mm + half_voxel, half_width) - np.maximum(across_mm - half_voxel, -half_width)
+    return np.clip(overlap, 0, None) / np.float32(voxel_mm)

@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 
 from brainkernels.atomic import atomic_path
 from brainkernels.data.orientation import VIEWS, mark_orientation
-from brainkernels.data.synth.ct import HeadFindings, draw_fracture, draw_haemorrhage, render_ct
+from brainkernels.data.synth.ct import FRACTURE_KINDS, HeadFindings, draw_fracture, draw_haemorrhage, render_ct
+from brainkernels.data.synth.grid import ADULT_FOV_MM
 from brainkernels.data.synth.mr import MODALITIES, SEG_LABELS, draw_tumour, render_brats
 from brainkernels.data.synth.neonatal import render_neonate
 from brainkernels.data.synth.subject import draw_subject
@@ -47,18 +48,22 @@ def _ct_figure(rng: np.random.Generator, shape: int) -> Figure:
     cases = {
         "intraparenchymal haemorrhage (left)": HeadFindings((draw_haemorrhage(rng, "left", "intraparenchymal"),)),
         "subdural haemorrhage (right)": HeadFindings((draw_haemorrhage(rng, "right", "subdural"),)),
-        "calvarial fracture": HeadFindings(fracture=draw_fracture(rng, "left")),
+        **{f"{kind} calvarial fracture": HeadFindings(fracture=draw_fracture(rng, "left", kind))
+           for kind in FRACTURE_KINDS},
     }
-    figure = Figure(figsize=(10, 10.5), facecolor="black")
+    figure = Figure(figsize=(10, 3.5 * len(cases)), facecolor="black")
     axes = figure.subplots(len(cases), 3)
     for row, (title, findings) in enumerate(cases.items()):
         scan = render_ct(draw_subject(int(rng.integers(2**31))), findings, shape)
         image, mask = scan.image.data[0].numpy(), scan.mask.data[0].numpy()
         window = _BRAIN_WINDOW if findings.haemorrhages else _BONE_WINDOW
+        # A fracture line is a millimetre or two: show the 100 mm around it.
+        half = None if findings.haemorrhages else round(50 / (ADULT_FOV_MM / shape))
         for column, view in enumerate(VIEWS):
             axis = axes[row, column]
-            _panel(axis, _slice(image, mask > 0, view), window, f"{title}, {view}" if column == 0 else view, view)
-            axis.contour(_slice(mask, mask > 0, view).T, levels=[0.5], colors="red", linewidths=0.8)
+            _panel(axis, _slice(image, mask > 0, view, half), window, f"{title}, {view}" if column == 0 else view,
+                   view)
+            axis.contour(_slice(mask, mask > 0, view, half).T, levels=[0.5], colors="red", linewidths=0.6)
     return figure
 
 
@@ -95,15 +100,17 @@ def _neonate_figure(rng: np.random.Generator, shape: int) -> Figure:
     return figure
 
 
-def _slice(volume: np.ndarray, region: np.ndarray, view: str) -> np.ndarray:
+def _slice(volume: np.ndarray, region: np.ndarray, view: str, half: int | None = None) -> np.ndarray:
     """The ``view`` slice of ``volume`` through the centre of ``region`` (the volume's centre if
-    the region is empty), as (horizontal, vertical) axes."""
+    the region is empty), as (horizontal, vertical) axes; with ``half``, only the ``half`` voxels
+    to each side of that centre."""
     centre = np.round(np.argwhere(region).mean(axis=0)).astype(int) if region.any() else np.array(volume.shape) // 2
+    near = [slice(None) if half is None else slice(max(c - half, 0), c + half + 1) for c in centre]
     if view == "axial":
-        return volume[:, :, centre[2]]
+        return volume[near[0], near[1], centre[2]]
     if view == "coronal":
-        return volume[:, centre[1], :]
-    return volume[centre[0], :, :]
+        return volume[near[0], centre[1], near[2]]
+    return volume[centre[0], near[1], near[2]]
 
 
 def _panel(axis, section: np.ndarray, window: tuple[float, float], title: str, view: str) -> None:
