@@ -129,3 +129,19 @@ def test_every_method_exports_from_the_command_line(tmp_path):
         original, exported = (loaders[method](path).state_dict() for path in (run, tmp_path / f"{method}-exported"))
         assert original.keys() == exported.keys()
         assert all(torch.equal(original[key], exported[key]) for key in original)
+
+
+def test_an_exported_model_is_fine_tuned_from_its_weights_with_a_new_optimiser(ct, ppr_run, tmp_path, capfd):
+    copy = shipped.export(ppr_run, tmp_path / "copy", method=ppr_train.METHOD, method_files=ppr_train.RUN_FILES)
+    weights = torch.load(checkpoint.latest_checkpoint(RunFolder(copy).checkpoints), weights_only=True)["model"]
+    settings = ppr_train.PPRConfig(network_size=2, patch=19, patches_per_step=16, steps=5, checkpoint_every=5,
+                                   device="cpu", lr=1e-12)
+    ppr_train.train(ct, copy, settings, resume=True, quiet=True)
+    assert "weights only (an exported model)" in capfd.readouterr().err
+    tuned = torch.load(checkpoint.latest_checkpoint(RunFolder(copy).checkpoints), weights_only=True)
+    assert tuned["step"] == 5 and tuned["optimizer"] is not None
+    # Adam moves each weight by about lr per step: five steps of 1e-12 leave the parameters where the export put
+    # them (a fresh initialisation would be far off), so training started from them. The spectral norm's
+    # power-iteration vectors (buffers "_u", "_v") move on every training forward and are left out.
+    parameters = [key for key in weights if not key.endswith(("._u", "._v"))]
+    assert all(torch.allclose(tuned["model"][key], weights[key], rtol=0, atol=1e-9) for key in parameters)

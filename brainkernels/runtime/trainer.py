@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -246,15 +247,23 @@ class Trainer:
                                                architecture_keys=self.architecture_keys,
                                                renamed=renamed_keys(type(self.config)))
             model.load_state_dict(state["model"])
-            configured = [{key: value for key, value in group.items() if key != "params"}
-                          for group in optimizer.param_groups]
-            optimizer.load_state_dict(state["optimizer"])
-            # The optimiser's moments resume; its settings (a new --lr, say) are the ones given now.
-            for group, settings in zip(optimizer.param_groups, configured):
-                group.update(settings)
+            if state["optimizer"] is None:
+                # An exported (shipped) model keeps its weights only: fine-tuning it starts the
+                # optimiser's moments and the random streams afresh.
+                if distributed.is_main:
+                    print(f"{latest}: weights only (an exported model); training continues from them "
+                          f"with a new optimiser state", file=sys.stderr)
+            else:
+                configured = [{key: value for key, value in group.items() if key != "params"}
+                              for group in optimizer.param_groups]
+                optimizer.load_state_dict(state["optimizer"])
+                # The optimiser's moments resume; its settings (a new --lr, say) are the ones given now.
+                for group, settings in zip(optimizer.param_groups, configured):
+                    group.update(settings)
             if state["scaler"] is not None:
                 scaler.load_state_dict(state["scaler"])
-            checkpoint.restore_rng(state["rng"])
+            if state["rng"] is not None:
+                checkpoint.restore_rng(state["rng"])
             start = state["step"]
         if resume and self.run is not None and distributed.is_main:
             # Rows after the checkpoint (or all, when the run died before its first) are redone.
