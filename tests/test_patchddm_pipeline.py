@@ -1,6 +1,7 @@
 """PatchDDM's diffusion, data, metrics and its train -> segment -> evaluate pipeline on a small
 synthetic BraTS-layout cohort, from the command line and the Python API, in all three modes."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -30,6 +31,7 @@ from brainkernels.patchddm.data import (
 from brainkernels.patchddm.diffusion import Diffusion, signal_to_probability
 from brainkernels.patchddm.evaluate import evaluate, segment
 from brainkernels.patchddm.train import PatchDDMConfig, load_trained, split_subjects, train
+from brainkernels.runtime import config
 
 SHAPE = 24
 SMALL = dict(channels=4, channel_mult=(1, 2, 2), patch=12, steps=2, checkpoint_every=2, device="cpu", lr=1e-3)
@@ -196,6 +198,9 @@ def test_recomputation_changes_the_memory_not_the_training(cohort, tmp_path):
 def test_bad_input_gets_clear_errors(cohort, tmp_path):
     with pytest.raises(ValueError, match="'patch' must be a positive multiple of 4"):
         PatchDDMConfig(**{**SMALL, "patch": 10})
+    for decay in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="'weight_decay' must be a finite number of at least 0"):
+            PatchDDMConfig(**SMALL, weight_decay=decay)
     run = train(cohort, tmp_path / "run", PatchDDMConfig(**SMALL), quiet=True)
     with pytest.raises(BrainkernelsError, match="--ensemble"):
         segment(run, cohort, tmp_path / "seg", steps=2, ensemble=0, quiet=True)
@@ -218,3 +223,17 @@ def test_bad_input_gets_clear_errors(cohort, tmp_path):
     result = brainkernels("patchddm", "train", "--data", str(broken.parent), "--out", str(tmp_path / "bad"),
                           "--channels", "4", "--channel-mult", "1,2,2", "--patch", "12", "--quiet", cwd=tmp_path)
     assert result.returncode == 2 and "3" in result.stderr
+
+
+@pytest.mark.parametrize("preset", ["paper", "small"])
+def test_each_preset_loads_and_trains(cohort, tmp_path, preset):
+    assert preset in config.preset_names(PatchDDMConfig)
+    settings = config.load_config(PatchDDMConfig, preset)
+    assert settings != PatchDDMConfig()  # the preset changed something
+    tiny = dataclasses.replace(settings, steps=1, device="cpu", workers=0)
+    if preset == "paper":
+        # The paper's 128^3 patches exceed the tiny cohort (padded to 64^3 for its seven levels), and
+        # fp16 convolutions have no fast CPU kernels (one step: 11 minutes); its network trains in fp32.
+        tiny = dataclasses.replace(tiny, patch=64, precision="fp32")
+    run = train(cohort, tmp_path / preset, tiny, quiet=True)
+    assert load_trained(run)[1] == tiny

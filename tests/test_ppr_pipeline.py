@@ -1,6 +1,7 @@
 """PPR end to end on a small synthetic CQ500-style cohort: train -> detect -> evaluate, from the
 command line and the Python API, for PPR and the autoencoder baseline."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ from brainkernels.ppr.data import PositionPatches, near_foreground, preparation_
 from brainkernels.ppr.evaluate import MAX_ERROR, VS_HEALTHY, detect, evaluate
 from brainkernels.ppr.infer import normalised_positions
 from brainkernels.ppr.train import NEGATIVES, PPRConfig, load_trained, train
-from brainkernels.runtime import RunFolder
+from brainkernels.runtime import RunFolder, config
 
 SHAPE = 32
 
@@ -195,3 +196,13 @@ def test_scans_equalised_by_preprocess_are_not_equalised_twice(cohort, tmp_path)
     from_raw, from_equalised = prepare(raw), prepare(equalised)
     assert torch.equal(from_raw.volume.data, from_equalised.volume.data)
     assert torch.equal(from_raw.mask, from_equalised.mask)
+
+
+@pytest.mark.parametrize("preset", ["paper", "small"])
+def test_each_preset_loads_and_trains(cohort, tmp_path, preset):
+    assert preset in config.preset_names(PPRConfig)
+    settings = config.load_config(PPRConfig, preset)
+    assert settings != PPRConfig()  # the preset changed something (paper: the steps of its 2000 epochs)
+    tiny = dataclasses.replace(settings, steps=2, device="cpu", workers=0)
+    run = train(cohort, tmp_path / preset, tiny, quiet=True)
+    assert load_trained(run)[1] == tiny

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ class PatchDDMConfig(TrainerConfig):
                 "passes more per step); all (each block and each level's sub-network, ~1.5 more: a FullRes step at "
                 "256^3 in bf16 holds 11.8 GB of tensors instead of 20.7)"})
     lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (0.01, PyTorch's default, as the "
+                                                                "thesis says; the paper's code: 0)"})
     batch_size: int = field(default=1, metadata={"help": "samples per optimiser step"})
     steps: int = field(default=1000, metadata={"help": "optimiser steps"})
     split_seed: int = field(default=0, metadata={"help": "seed of the train/validation/test split"})
@@ -60,6 +63,8 @@ class PatchDDMConfig(TrainerConfig):
             raise ValueError(f"key 'channel_mult' must be positive ints; got {self.channel_mult!r}")
         self.require_at_least(1, "channels", "blocks", "diffusion_steps")
         self.require_positive("lr")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"key 'weight_decay' must be a finite number of at least 0; got {self.weight_decay}")
         if self.patch < 1 or self.patch % self.size_multiple:
             raise ValueError(f"key 'patch' must be a positive multiple of {self.size_multiple} "
                              f"(2^(levels - 1) for {len(self.channel_mult)} levels); got {self.patch}")
@@ -121,7 +126,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, settings: PatchDDMCon
             dataset = TrainingSamples(entries, settings.mode, settings.patch)
             trainer = Trainer(
                 method=METHOD, build_model=lambda: build_model(settings),
-                build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr),
+                build_optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr,
+                                                                    weight_decay=settings.weight_decay),
                 loss_fn=noise_prediction_loss(Diffusion(settings.diffusion_steps)), dataset=dataset, config=settings,
                 distributed=distributed, run=run, run_config=config.to_dict(settings),
                 architecture_keys=ARCHITECTURE_KEYS, quiet=quiet,
