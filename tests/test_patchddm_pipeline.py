@@ -225,6 +225,15 @@ def test_bad_input_gets_clear_errors(cohort, tmp_path):
     assert result.returncode == 2 and "3" in result.stderr
 
 
+def test_resume_from_the_command_line_keeps_the_runs_settings(cohort, tmp_path):
+    # The run's network is not the default one: --resume alone must not compare it with the defaults.
+    train(cohort, tmp_path / "run", PatchDDMConfig(**SMALL), quiet=True)
+    result = brainkernels("patchddm", "train", "--data", str(cohort), "--out", "run", "--resume", "--steps", "3",
+                          "--workers", "0", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_trained(tmp_path / "run")[1] == PatchDDMConfig(**{**SMALL, "steps": 3, "workers": 0})
+
+
 @pytest.mark.parametrize("preset", ["paper", "small"])
 def test_each_preset_loads_and_trains(cohort, tmp_path, preset):
     assert preset in config.preset_names(PatchDDMConfig)

@@ -21,14 +21,17 @@ def add_train_verb(verbs, config_class: type, train: Callable[..., Any], *, help
     parser.add_argument("--out", required=True, metavar="RUN", help="run folder")
     parser.add_argument("--cache", metavar="DIR", default=None,
                         help="prepared-volume cache folder, reusable by other runs (default RUN/cache)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the run's latest checkpoint, with the run's settings (options given "
+                             "now change them)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run in --out (removes only the files a run writes)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     config.add_arguments(parser, config_class)
 
     def run(arguments: argparse.Namespace) -> int:
-        settings = config.config_from_arguments(config_class, arguments)
+        settings = config.config_from_arguments(config_class, arguments,
+                                                resumed_run=arguments.out if arguments.resume else None)
         folder = train(arguments.data, arguments.out, settings, resume=arguments.resume, overwrite=arguments.overwrite,
                        quiet=arguments.quiet, cache=arguments.cache)
         print(summary(settings, folder))

@@ -183,7 +183,15 @@ def add_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def config_from_arguments(config_class: type[Config], arguments: argparse.Namespace) -> Config:
+def config_from_arguments(config_class: type[Config], arguments: argparse.Namespace,
+                          resumed_run: str | os.PathLike | None = None) -> Config:
+    """The command line's settings. Resuming the run in ``resumed_run`` without ``--config``
+    starts from the run's own ``config.toml``, so only the options given now change it."""
     overrides = {key.removeprefix("config."): value for key, value in vars(arguments).items()
                  if key.startswith("config.")}
+    if arguments.config is None and resumed_run is not None and (Path(resumed_run) / "config.toml").is_file():
+        try:
+            return load_config(config_class, Path(resumed_run) / "config.toml", overrides)
+        except ConfigError:
+            pass  # another method's run (or a damaged file): resuming refuses it with the reason
     return load_config(config_class, arguments.config, overrides)
