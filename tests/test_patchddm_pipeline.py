@@ -19,6 +19,7 @@ from brainkernels.data.sampling import center_weighted_patch_starts
 from brainkernels.data.synth.cohort import write_cohort
 from brainkernels.errors import BrainkernelsError
 from brainkernels.metrics.segmentation import dice, hausdorff95
+from brainkernels.patchddm import evaluate as evaluate_module
 from brainkernels.patchddm.data import (
     TrainingSamples,
     coordinate_channels,
@@ -181,6 +182,19 @@ def test_python_api_baselines(cohort, tmp_path, mode):
     assert all(0 <= row["dice_mean"] <= 1 for row in summary)
     written = segment(run, cohort, tmp_path / "seg", steps=1, ensemble=1, precision="bf16", quiet=True)
     assert len(written) == 10 and all(path.is_file() for path in written)
+
+
+def test_summary_gives_hd95_quartiles_and_says_why_one_is_missing():
+    """HD95 is skewed, so the summary (and its figure) has quartiles beside mean and std; subjects
+    without a distance (an empty mask) are left out of them, and a group with none says why."""
+    distances = [1.0, 2.0, 30.0, float("nan")]
+    rows = [{"subject": i, "steps": 20, "ensemble": 1, "dice": 0.5, "hd95_mm": d} for i, d in enumerate(distances)]
+    rows += [{"subject": 0, "steps": 20, "ensemble": 3, "dice": 0.0, "hd95_mm": float("nan")}]
+    measured, missing = evaluate_module._summary(rows)
+    assert [measured[f"hd95_{name}_mm"] for name in ("q25", "median", "q75")] == [1.5, 2.0, 16.0]
+    assert measured["hd95_mean_mm"] == pytest.approx(11.0)
+    assert "no subject" in str(missing["hd95_median_mm"])
+    evaluate_module._plot([measured, missing], "quartiles")
 
 
 def test_recomputation_changes_the_memory_not_the_training(cohort, tmp_path):

@@ -128,7 +128,9 @@ def _summary(rows: list[dict]) -> list[dict]:
         summary.append({"steps": key[0], "ensemble": key[1], "subjects": len(chosen),
                         "dice_mean": dices.mean(), "dice_std": dices.std(),
                         "hd95_mean_mm": np.nanmean(distances) if measured else undefined,
-                        "hd95_std_mm": np.nanstd(distances) if measured else undefined})
+                        "hd95_std_mm": np.nanstd(distances) if measured else undefined,
+                        **{f"hd95_{name}_mm": np.nanpercentile(distances, q) if measured else undefined
+                           for name, q in (("q25", 25), ("median", 50), ("q75", 75))}})
     return summary
 
 
@@ -139,10 +141,12 @@ def _plot(summary: list[dict], title: str) -> plt.Figure:
         sizes = [row["ensemble"] for row in chosen]
         left.errorbar(sizes, [row["dice_mean"] for row in chosen], yerr=[row["dice_std"] for row in chosen],
                       marker="o", capsize=3, label=f"{steps} steps")
-        right.errorbar(sizes, [row["hd95_mean_mm"] for row in chosen], yerr=[row["hd95_std_mm"] for row in chosen],
-                       marker="o", capsize=3, label=f"{steps} steps")
-    left.set(xlabel="ensemble size", ylabel="Dice (whole tumour)", ylim=(0, 1))
-    right.set(xlabel="ensemble size", ylabel="HD95 (mm)")
+        # HD95 is skewed (a few stray voxels far away make it large): quartiles, as mean ± std would reach below 0.
+        medians = np.array([row["hd95_median_mm"] for row in chosen], dtype=float)
+        spread = [medians - [row["hd95_q25_mm"] for row in chosen], [row["hd95_q75_mm"] for row in chosen] - medians]
+        right.errorbar(sizes, medians, yerr=spread, marker="o", capsize=3, label=f"{steps} steps")
+    left.set(xlabel="ensemble size", ylabel="Dice (whole tumour), mean ± std", ylim=(0, 1))
+    right.set(xlabel="ensemble size", ylabel="HD95 (mm), median and quartiles", ylim=(0, None))
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend()
