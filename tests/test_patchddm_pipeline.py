@@ -184,6 +184,16 @@ def test_python_api_baselines(cohort, tmp_path, mode):
     assert len(written) == 10 and all(path.is_file() for path in written)
 
 
+def test_evaluation_measures_hd95_in_millimetres_of_the_subjects_grid():
+    """The synthetic 32^3 cohort has 7 mm voxels: a mask one voxel off is 7 mm off (HD95 was in voxels)."""
+    truth = torch.zeros(8, 8, 8, dtype=torch.bool)
+    truth[2:5, 2:5, 2:5] = True
+    shifted = torch.roll(truth, 1, dims=0).float()
+    segmentation = evaluate_module.Segmentation(shifted[None])
+    (row,) = evaluate_module._scores(segmentation, truth, [1], (7.0, 1.0, 1.0))
+    assert row["hd95_mm"] == pytest.approx(7.0)
+
+
 def test_summary_gives_hd95_quartiles_and_says_why_one_is_missing():
     """HD95 is skewed, so the summary (and its figure) has quartiles beside mean and std; subjects
     without a distance (an empty mask) are left out of them, and a group with none says why."""

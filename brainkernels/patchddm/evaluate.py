@@ -14,7 +14,7 @@ from brainkernels.atomic import write_csv
 from brainkernels.data.cache import PreparedCache
 from brainkernels.data.command_folders import check_output_folder
 from brainkernels.data.layouts.brats import MODALITIES, BraTSSubject, read_brats, read_brats_subject
-from brainkernels.data.volume import Volume, save_nifti
+from brainkernels.data.volume import Volume, save_nifti, voxel_spacing
 from brainkernels.errors import BrainkernelsError
 from brainkernels.figures import figure_point, orthogonal_slices, plt, save_figure
 from brainkernels.metrics.segmentation import dice, hausdorff95
@@ -112,9 +112,10 @@ def segment(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os
         teardown()
 
 
-def _scores(segmentation: Segmentation, truth: torch.Tensor, sizes: list[int]) -> list[dict]:
+def _scores(segmentation: Segmentation, truth: torch.Tensor, sizes: list[int],
+            spacing: tuple[float, ...]) -> list[dict]:
     return [{"ensemble": size, "dice": dice(segmentation.mask(size), truth),
-             "hd95_mm": hausdorff95(segmentation.mask(size), truth)} for size in sizes]
+             "hd95_mm": hausdorff95(segmentation.mask(size), truth, spacing)} for size in sizes]
 
 
 def _summary(rows: list[dict]) -> list[dict]:
@@ -187,7 +188,8 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
             rows = []
             for count in progress(steps, desc=subject_id, quiet=quiet, main=distributed.is_main, leave=False):
                 segmentation = sample_members(model, settings, prepared, steps=count, ensemble=sizes[-1], seed=seed)
-                rows += [{"subject": subject_id, "steps": count, **row} for row in _scores(segmentation, truth, sizes)]
+                scores = _scores(segmentation, truth, sizes, voxel_spacing(prepared.affine))
+                rows += [{"subject": subject_id, "steps": count, **row} for row in scores]
             image = prepared.image[(slice(None), *prepared.crop)]
             write_figures(out / "figures", subject_id, image, segmentation, truth)
             return rows
