@@ -114,8 +114,9 @@ def segment(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os
 
 def _scores(segmentation: Segmentation, truth: torch.Tensor, sizes: list[int],
             spacing: tuple[float, ...]) -> list[dict]:
-    return [{"ensemble": size, "dice": dice(segmentation.mask(size), truth),
-             "hd95_mm": hausdorff95(segmentation.mask(size), truth, spacing)} for size in sizes]
+    masks = {size: segmentation.mask(size) for size in sizes}
+    return [{"ensemble": size, "dice": dice(mask, truth), "hd95_mm": hausdorff95(mask, truth, spacing)}
+            for size, mask in masks.items()]
 
 
 def _summary(rows: list[dict]) -> list[dict]:
@@ -130,8 +131,8 @@ def _summary(rows: list[dict]) -> list[dict]:
                         "dice_mean": dices.mean(), "dice_std": dices.std(),
                         "hd95_mean_mm": np.nanmean(distances) if measured else undefined,
                         "hd95_std_mm": np.nanstd(distances) if measured else undefined,
-                        **{f"hd95_{name}_mm": np.nanpercentile(distances, q) if measured else undefined
-                           for name, q in (("q25", 25), ("median", 50), ("q75", 75))}})
+                        **dict(zip(("hd95_q25_mm", "hd95_median_mm", "hd95_q75_mm"),
+                                   np.nanpercentile(distances, (25, 50, 75)) if measured else [undefined] * 3))})
     return summary
 
 
@@ -184,12 +185,12 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
 
         def one(prepared: PreparedSubject) -> list[dict]:
             subject_id = prepared.subject_id
-            truth = prepared.mask[0][prepared.crop]
+            truth, spacing = prepared.mask[0][prepared.crop], voxel_spacing(prepared.affine)
             rows = []
             for count in progress(steps, desc=subject_id, quiet=quiet, main=distributed.is_main, leave=False):
                 segmentation = sample_members(model, settings, prepared, steps=count, ensemble=sizes[-1], seed=seed)
-                scores = _scores(segmentation, truth, sizes, voxel_spacing(prepared.affine))
-                rows += [{"subject": subject_id, "steps": count, **row} for row in scores]
+                rows += [{"subject": subject_id, "steps": count, **row}
+                         for row in _scores(segmentation, truth, sizes, spacing)]
             image = prepared.image[(slice(None), *prepared.crop)]
             write_figures(out / "figures", subject_id, image, segmentation, truth)
             return rows
