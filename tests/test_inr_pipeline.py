@@ -2,6 +2,7 @@
 command line (2D) and the Python API (3D), and the bad inputs of the issue."""
 
 import contextlib
+import dataclasses
 import io
 import math
 import shutil
@@ -100,11 +101,13 @@ def test_command_line_2d(cohort, tmp_path):
     assert sequence.returncode == 0, sequence.stderr
     assert {p.name for p in (tmp_path / "sequence").iterdir()} == {
         "reconstruction.nii.gz", "28w.nii.gz", "36w.nii.gz", "44w.nii.gz", "sequence.png"}
-    mapped = brainkernels("inr", "atlas", "--model", run, "--ages", "30,40", "--out", tmp_path / "atlas", cwd=tmp_path)
+    mapped = brainkernels("inr", "atlas", "--model", run, "--ages", "30,40", "--out", tmp_path / "atlas", "--data",
+                          cohort, cwd=tmp_path)
     assert mapped.returncode == 0, mapped.stderr
     assert (tmp_path / "atlas" / "mean_40w.nii.gz").is_file() and (tmp_path / "atlas" / "zero.png").is_file()
-    evaluated = brainkernels("inr", "evaluate", "--model", run, "--data", cohort, "--fit-steps", "2", "--quiet",
-                             cwd=tmp_path)
+    assert (tmp_path / "atlas" / "head_circumference.png").is_file()
+    evaluated = brainkernels("inr", "evaluate", "--model", run, "--data", cohort, "--fit-steps", "2", "--min-gap",
+                             "0.5", "--quiet", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "psnr" in evaluated.stdout and "hc_sigma_cm" in evaluated.stdout
     for output in ("pairs.csv", "summary.csv", "head_circumference.png"):
@@ -146,8 +149,19 @@ def test_each_preset_loads_and_trains(cohort, tmp_path, preset):
 
 
 def test_ablation_trains_and_tables_the_four_variants(cohort, tmp_path):
-    results = ablation(cohort, tmp_path, INRConfig(dims=2, steps=1, sgla=0.5, **TINY), fit_steps=1, quiet=True)
+    settings = INRConfig(dims=2, steps=1, sgla=0.5, **TINY)
+    # One variant trained apart beforehand (as beside the others with `inr train`): resumed, not redone.
+    ssl = train(cohort, tmp_path / "ssl", dataclasses.replace(settings, sgla=0.0), quiet=True)
+    checkpoints = {path.name: path.read_bytes() for path in (ssl / "checkpoints").iterdir()}
+    # Tested on every subject scanned twice (the training cohort standing in for a new one), the
+    # pairs at least the median gap apart.
+    everyone = inr_evaluate.test_pairs(cohort, 0, "all")
+    gap = float(np.median([last.age_weeks - first.age_weeks for first, last in everyone]))
+    tested = [pair for pair in everyone if pair[1].age_weeks - pair[0].age_weeks >= gap]
+    results = ablation(cohort, tmp_path, settings, fit_steps=1, test_data=cohort, min_gap=gap, resume=True,
+                       quiet=True)
     assert list(results) == ["none", "sgla", "ssl", "both", COPY]
+    assert {path.name: path.read_bytes() for path in (ssl / "checkpoints").iterdir()} == checkpoints
     assert load_trained(tmp_path / "sgla").settings.sgla == 0.5 and not load_trained(tmp_path / "sgla").settings.ssl
     assert load_trained(tmp_path / "ssl").settings.sgla == 0.0
     # Without SSL the table holds a latent per scan, with SSL one per subject.
@@ -155,9 +169,33 @@ def test_ablation_trains_and_tables_the_four_variants(cohort, tmp_path):
     table = (tmp_path / "ablation.csv").read_text().splitlines()
     assert table[0].startswith("variant,ssl,sgla,psnr") and len(table) == 6 and table[-1].startswith(f"{COPY},,,")
     assert (tmp_path / "head_circumference.png").is_file()
-    training, pairs = split_test_subjects(read_dhcp(cohort), 0)[0], inr_evaluate.test_pairs(cohort, 0)
-    # The training scans and the evaluated pairs, each prepared once for the four variants.
-    assert len(list((tmp_path / "cache").iterdir())) == len(training) + 2 * len(pairs)
+    assert 0 < len(tested) < len(everyone)
+    assert [line.split(",")[0] for line in (tmp_path / "both" / "pairs.csv").read_text().splitlines()[1:]] == [
+        first.subject_id for first, _ in tested]
+    training = split_test_subjects(read_dhcp(cohort), 0)[0]
+    # The training scans and the tested ones, each prepared once for the four variants.
+    prepared = {scan.t2w_path for scan in training} | {scan.t2w_path for pair in tested for scan in pair}
+    assert len(list((tmp_path / "cache").iterdir())) == len(prepared)
+
+
+def test_test_pairs_at_least_a_gap_apart(cohort):
+    everyone = inr_evaluate.test_pairs(cohort, 0, "all")
+    gaps = sorted(last.age_weeks - first.age_weeks for first, last in everyone)
+    apart = inr_evaluate.test_pairs(cohort, 0, "all", min_gap=gaps[1])
+    assert len(apart) == len(everyone) - 1 and all(last.age_weeks - first.age_weeks >= gaps[1] for first, last in apart)
+    with pytest.raises(BrainkernelsError, match=rf"--min-gap 50: none of the {len(everyone)} test pairs .*the longest "
+                                                rf"gap is {gaps[-1]:.2f} weeks"):
+        inr_evaluate.test_pairs(cohort, 0, "all", min_gap=50.0)
+
+
+def test_atlas_head_circumference_against_the_cohort(cohort, run_3d, tmp_path):
+    written = atlas(run_3d[0], [30.0, 40.0], tmp_path, data=cohort)
+    assert {path.name for path in written} >= {"head_circumference.csv", "head_circumference.png"}
+    rows = (tmp_path / "head_circumference.csv").read_text().splitlines()
+    assert rows[0] == "age_weeks,zero_hc_cm,mean_hc_cm" and [row.split(",")[0] for row in rows[1:]] == ["30.0", "40.0"]
+    grid = load_trained(run_3d[0]).grid
+    decoded = load_nifti(tmp_path / "zero_40w.nii.gz").data[0]
+    assert float(rows[2].split(",")[1]) == pytest.approx(inr_evaluate.head_circumference(decoded, grid))
 
 
 def test_ages_outside_the_trained_range_warn(cohort, run_3d, tmp_path):

@@ -554,6 +554,8 @@ def test_segment_warns_about_a_blank_sequence(brats, patchddm_run, tmp_path):
     (("patchddm", "segment", "--steps", "0"), "--steps must be at least 1; got 0"),
     (("inr", "predict", "--age-in", "40", "--age-out", "44", "--fit-steps", "-1"), "--fit-steps must be at least 1"),
     (("inr", "evaluate", "--data", "cohort", "--fit-voxels", "0"), "--fit-voxels must be at least 1"),
+    (("inr", "evaluate", "--data", "cohort", "--min-gap", "-1"), "--min-gap takes a number of weeks, 0 or more; got"),
+    (("inr", "evaluate", "--data", "cohort", "--min-gap", "nan"), "--min-gap takes a number of weeks, 0 or more"),
 ])
 def test_inference_counts_have_lower_bounds(tmp_path, argv, message):
     inputs = () if argv[1] == "evaluate" else ("--input", tmp_path, "--out", tmp_path / "out")

@@ -282,13 +282,14 @@ def _rows(run_dir, data, pairs_of, cache, *, noise_steps: int, guidance_scale: f
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              noise_steps: int = PAPER_NOISE_STEPS, guidance_scale: float = PAPER_GUIDANCE_SCALE, stride: int = 1,
              seed: int = 0, device: str = "auto", workers: int = 0, quiet: bool = False, subjects: str = "held-out",
-             cache: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
-    """``inr evaluate`` for the baseline: the same pairs (held-out, or ``subjects="all"``), the
-    same metrics and files (``pairs.csv``, ``summary.csv``, ``head_circumference.png`` in ``out``,
-    default RUN/evaluation); the summary's rows are ``DDM+GG`` and the copy-input baseline."""
+             min_gap: float = 0.0, cache: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
+    """``inr evaluate`` for the baseline: the same pairs (held-out, or ``subjects="all"``; at least
+    ``min_gap`` weeks apart), the same metrics and files (``pairs.csv``, ``summary.csv``,
+    ``head_circumference.png`` in ``out``, default RUN/evaluation); the summary's rows are
+    ``DDM+GG`` and the copy-input baseline."""
     out = shipped.evaluation_folder(run_dir, out)
     folder = inference_cache_folder(cache, shipped.resolve(run_dir, DDMGGConfig), out)
-    rows = _rows(run_dir, data, lambda split_seed: test_pairs(data, split_seed, subjects), folder,
+    rows = _rows(run_dir, data, lambda split_seed: test_pairs(data, split_seed, subjects, min_gap), folder,
                  noise_steps=noise_steps, guidance_scale=guidance_scale, stride=stride, seed=seed, device=device,
                  workers=workers, quiet=quiet)
     out.mkdir(parents=True, exist_ok=True)

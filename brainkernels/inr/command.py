@@ -54,7 +54,7 @@ def _predict(arguments: argparse.Namespace) -> int:
 def _atlas(arguments: argparse.Namespace) -> int:
     from brainkernels.inr.predict import atlas
 
-    written = atlas(arguments.model, arguments.ages, arguments.out, device=arguments.device,
+    written = atlas(arguments.model, arguments.ages, arguments.out, data=arguments.data, device=arguments.device,
                     overwrite=arguments.overwrite)
     print(f"wrote {len(written)} files to {arguments.out}")
     return 0
@@ -65,7 +65,8 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
     summary = evaluate(arguments.model, arguments.data, arguments.out, fit_steps=arguments.fit_steps,
                        fit_voxels=arguments.fit_voxels, device=arguments.device, workers=arguments.workers,
-                       quiet=arguments.quiet, subjects=arguments.subjects, cache=arguments.cache)
+                       quiet=arguments.quiet, subjects=arguments.subjects, min_gap=arguments.min_gap,
+                       cache=arguments.cache)
     print(format_table(summary))
     return 0
 
@@ -76,7 +77,8 @@ def _ablation(arguments: argparse.Namespace) -> int:
 
     settings = config.config_from_arguments(INRConfig, arguments)
     results = ablation(arguments.data, arguments.out, settings, fit_steps=arguments.fit_steps,
-                       fit_voxels=arguments.fit_voxels, overwrite=arguments.overwrite, quiet=arguments.quiet)
+                       fit_voxels=arguments.fit_voxels, test_data=arguments.test_data, min_gap=arguments.min_gap,
+                       resume=arguments.resume, overwrite=arguments.overwrite, quiet=arguments.quiet)
     print(format_table(results))
     print(f"table: {arguments.out}/ablation.csv, plot: {arguments.out}/head_circumference.png")
     return 0
@@ -104,7 +106,7 @@ def _baseline_evaluate(arguments: argparse.Namespace) -> int:
                        guidance_scale=arguments.guidance_scale, stride=arguments.stride, seed=arguments.seed,
                        device=arguments.device,
                        workers=arguments.workers, quiet=arguments.quiet, subjects=arguments.subjects,
-                       cache=arguments.cache)
+                       min_gap=arguments.min_gap, cache=arguments.cache)
     print(format_table(summary))
     return 0
 
@@ -172,8 +174,24 @@ def _register_baseline(verbs) -> None:
     evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
     add_workers_option(evaluate)
     add_subjects_option(evaluate)
+    _min_gap_option(evaluate)
     add_cache_option(evaluate)
     evaluate.set_defaults(run=_baseline_evaluate)
+
+
+def _min_gap(text: str) -> float:
+    try:
+        weeks = float(text)
+    except ValueError:
+        weeks = float("nan")
+    if not 0 <= weeks < float("inf"):
+        raise argparse.ArgumentTypeError(f"--min-gap takes a number of weeks, 0 or more; got {text!r}")
+    return weeks
+
+
+def _min_gap_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-gap", type=_min_gap, default=0.0, metavar="WEEKS",
+                        help="evaluate only the pairs whose sessions are at least WEEKS apart (default 0: all)")
 
 
 def _fitting_options(parser: argparse.ArgumentParser) -> None:
@@ -227,6 +245,9 @@ def register_command(commands) -> None:
     atlas.add_argument("--ages", type=_ages, default=_ages("28,32,36,40,44"), help="ages in weeks (default "
                        "28,32,36,40,44)")
     atlas.add_argument("--out", required=True, help="output folder (new or empty)")
+    atlas.add_argument("--data", default=None, metavar="FOLDER",
+                       help="a dHCP-layout cohort on the model's grid (e.g. the training cohort): also plot the "
+                            "average brains' head circumference against its scans' (head_circumference.png/.csv)")
     atlas.add_argument("--overwrite", action="store_true", help="replace the outputs of the same names in --out")
     atlas.set_defaults(run=_atlas)
 
@@ -238,6 +259,7 @@ def register_command(commands) -> None:
     evaluate.add_argument("--out", default=None, help="output folder (default RUN/evaluation)")
     add_workers_option(evaluate)
     add_subjects_option(evaluate)
+    _min_gap_option(evaluate)
     add_cache_option(evaluate)
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _fitting_options(evaluate)
@@ -249,6 +271,13 @@ def register_command(commands) -> None:
                                 "OUT/head_circumference.png.")
     ablation.add_argument("--data", required=True, help="dHCP/BIDS folder")
     ablation.add_argument("--out", required=True, help="output folder")
+    ablation.add_argument("--test-data", default=None, metavar="FOLDER",
+                          help="evaluate on every subject scanned twice in this dHCP/BIDS folder (a cohort the "
+                               "variants never saw) instead of the held-out subjects of --data")
+    _min_gap_option(ablation)
+    ablation.add_argument("--resume", action="store_true",
+                          help="continue each variant's training in OUT/<variant> from its latest checkpoint (a "
+                               "finished one is only evaluated; the variants can be trained apart with `inr train`)")
     ablation.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier ablation in --out")
     ablation.add_argument("--quiet", action="store_true", help="no progress bars")
     _fitting_options(ablation)

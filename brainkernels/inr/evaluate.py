@@ -57,20 +57,28 @@ def head_mask(image, spacing) -> np.ndarray:
     return head if above.ndim == 3 else head[..., 0]
 
 
-def _head_circumference(image, grid) -> float:
+def head_circumference(image, grid: ModelGrid) -> float:
+    """The head circumference (cm) of a [0, 1] image on the model grid ``grid``."""
     return head_circumference_cm(head_mask(image, grid.spacing), grid.spacing)
 
 
-def test_pairs(data: str | os.PathLike, split_seed: int, subjects: str = "held-out") -> list[tuple]:
+def test_pairs(data: str | os.PathLike, split_seed: int, subjects: str = "held-out",
+               min_gap: float = 0.0) -> list[tuple]:
     """(first, last) sessions of each held-out subject (``subjects="all"``: of every subject with two
-    sessions)."""
+    sessions) whose last session is at least ``min_gap`` weeks after the first."""
     scans = read_dhcp(data)
     sessions = scans_by_subject(scans)
     test = evaluated(sorted(subject for subject, visits in sessions.items() if len(visits) > 1),
                      split_test_subjects(scans, split_seed)[1], subjects)
     if not test:
         raise BrainkernelsError(f"{data}: no subject has two sessions, so there is nothing to predict and compare")
-    return [(sessions[subject][0], sessions[subject][-1]) for subject in test]
+    pairs = [(sessions[subject][0], sessions[subject][-1]) for subject in test]
+    apart = [(first, last) for first, last in pairs if last.age_weeks - first.age_weeks >= min_gap]
+    if not apart:
+        longest = max(last.age_weeks - first.age_weeks for first, last in pairs)
+        raise BrainkernelsError(f"--min-gap {min_gap:g}: none of the {len(pairs)} test pairs of {data} is that far "
+                                f"apart (the longest gap is {longest:.2f} weeks)")
+    return apart
 
 
 def load_pair(pair: tuple[DHCPScan, DHCPScan], grid: ModelGrid) -> tuple:
@@ -95,11 +103,11 @@ def score_pair(first: DHCPScan, last: DHCPScan, source: ModelInput, truth: Model
     return {
         "subject": first.subject_id, "age_in": first.age_weeks, "age_out": last.age_weeks,
         "psnr": psnr(predicted, target), "ssim": ssim(predicted, target), "mae": mae(predicted, target),
-        "hc_true_cm": _head_circumference(target, grid),
-        "hc_predicted_cm": _head_circumference(predicted, grid),
+        "hc_true_cm": head_circumference(target, grid),
+        "hc_predicted_cm": head_circumference(predicted, grid),
         # The baseline a prediction must beat: the input scan itself, as if the baby had not grown.
         "psnr_copy": psnr(source.image, target), "ssim_copy": ssim(source.image, target),
-        "mae_copy": mae(source.image, target), "hc_input_cm": _head_circumference(source.image, grid),
+        "mae_copy": mae(source.image, target), "hc_input_cm": head_circumference(source.image, grid),
     }  # fmt: skip
 
 
@@ -152,12 +160,12 @@ def pair_rows(pairs: list[tuple], grid: ModelGrid, predict: Predictor, cache: Pa
 
 
 def _pair_rows(run_dir, data, cache: Path, *, fit_steps: int | None, fit_voxels: int | None, device: str,
-               workers: int, quiet: bool, subjects: str = "held-out") -> list[dict]:
+               workers: int, quiet: bool, subjects: str = "held-out", min_gap: float = 0.0) -> list[dict]:
     distributed = setup(device)
     try:
         trained = load_trained(run_dir, distributed.device)
         steps = fit_steps or FIT_STEPS[trained.settings.dims]
-        pairs = test_pairs(data, trained.settings.split_seed, subjects)
+        pairs = test_pairs(data, trained.settings.split_seed, subjects, min_gap)
         return pair_rows(pairs, trained.grid,
                          lambda first, last, source: predict_pair(trained, first, last, source, fit_steps=steps,
                                                                   fit_voxels=fit_voxels),
@@ -170,17 +178,19 @@ def _pair_rows(run_dir, data, cache: Path, *, fit_steps: int | None, fit_voxels:
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
              fit_steps: int | None = None, fit_voxels: int | None = None, device: str = "auto",
              workers: int = DEFAULT_WORKERS, quiet: bool = False,
-             subjects: str = "held-out", cache: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
+             subjects: str = "held-out", min_gap: float = 0.0,
+             cache: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
     """Evaluate a run on the held-out pairs of ``data`` (``subjects="all"``: the pairs of every
-    subject scanned twice, for a cohort the model never saw); writes ``pairs.csv``, ``summary.csv`` and
-    ``head_circumference.png`` to ``out`` (default RUN/evaluation) and returns the summary.
+    subject scanned twice, for a cohort the model never saw) at least ``min_gap`` weeks apart;
+    writes ``pairs.csv``, ``summary.csv`` and ``head_circumference.png`` to ``out`` (default
+    RUN/evaluation) and returns the summary.
     ``workers`` processes load the next pairs meanwhile, from the prepared-volume cache ``cache``
     (default: the run's, else ``out/cache``). The summary has two rows, ``model`` and
     the copy-input baseline (``COPY``)."""
     out = shipped.evaluation_folder(run_dir, out)
     folder = inference_cache_folder(cache, shipped.resolve(run_dir, INRConfig), out)
     rows = _pair_rows(run_dir, data, folder, fit_steps=fit_steps, fit_voxels=fit_voxels, device=device,
-                      workers=workers, quiet=quiet, subjects=subjects)
+                      workers=workers, quiet=quiet, subjects=subjects, min_gap=min_gap)
     out.mkdir(parents=True, exist_ok=True)
     results = {"model": summarise(rows), COPY: summarise(copy_input(rows))}
     write_csv(out / "pairs.csv", rows)
@@ -190,20 +200,26 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.
 
 
 def ablation(data: str | os.PathLike, out: str | os.PathLike, settings: INRConfig, *, fit_steps: int | None = None,
-             fit_voxels: int | None = None, overwrite: bool = False,
-             quiet: bool = False) -> dict[str, dict[str, float]]:
+             fit_voxels: int | None = None, test_data: str | os.PathLike | None = None, min_gap: float = 0.0,
+             resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict[str, dict[str, float]]:
     """Train the four variants of ``settings`` (SSL off/on x SGLA off/on, SGLA with probability
     ``settings.sgla`` or the paper's 0.1) in ``out/<variant>``, evaluate each on the same test
-    pairs; writes ``ablation.csv`` and ``head_circumference.png`` to ``out``. The variants share one
-    prepared-volume cache, ``out/cache``."""
+    pairs, at least ``min_gap`` weeks apart: the held-out subjects of ``data``, or every subject
+    scanned twice in ``test_data`` (a cohort none of them saw). Writes ``ablation.csv`` and
+    ``head_circumference.png`` to ``out``. The variants share one prepared-volume cache,
+    ``out/cache``. ``resume`` continues each variant's training from its latest checkpoint (a
+    finished one is only evaluated), so the four can also be trained apart, e.g. side by side with
+    ``inr train --out OUT/<variant>``."""
     out = Path(out)
     probability = settings.sgla or INRConfig.sgla
     results, rows = {}, {}
     for name, (ssl, sgla) in ABLATION.items():
         variant = dataclasses.replace(settings, ssl=ssl, sgla=probability if sgla else 0.0)
-        run = train(data, out / name, variant, overwrite=overwrite, quiet=quiet, cache=out / CACHE_FOLDER)
-        rows[name] = _pair_rows(run, data, out / CACHE_FOLDER, fit_steps=fit_steps, fit_voxels=fit_voxels,
-                                device=settings.device, workers=settings.workers, quiet=quiet)
+        run = train(data, out / name, variant, resume=resume, overwrite=overwrite, quiet=quiet,
+                    cache=out / CACHE_FOLDER)
+        rows[name] = _pair_rows(run, test_data or data, out / CACHE_FOLDER, fit_steps=fit_steps,
+                                fit_voxels=fit_voxels, device=settings.device, workers=settings.workers, quiet=quiet,
+                                subjects="all" if test_data else "held-out", min_gap=min_gap)
         write_csv(run / PAIRS_FILE, rows[name])
         results[name] = summarise(rows[name])
     results[COPY] = summarise(copy_input(next(iter(rows.values()))))  # the same pairs for every variant

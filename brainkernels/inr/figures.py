@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -61,5 +61,26 @@ def head_circumference_plot(results: dict[str, Sequence[dict]], path: str | os.P
         axis.set_xlabel("postmenstrual age (weeks)")
         axis.legend(fontsize=7)
     axes[0, 0].set_ylabel("head circumference (cm)")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def growth_plot(ages: Sequence[float], atlases: dict[str, Sequence[float]], cohort: Sequence[tuple[float, float]],
+                path: str | os.PathLike, *, cohort_name: str, median_curve: Callable | None = None) -> None:
+    """The head circumference of each average brain (``atlases``: name to one value per age, as
+    lines) against the cohort's scans (``cohort``: (age, HC) points) and, when given, the median
+    growth curve the cohort was drawn from."""
+    figure, axis = plt.subplots(figsize=(6, 4.2))
+    scan_ages, scan_hc = np.array(cohort).T
+    axis.plot(scan_ages, scan_hc, "o", color="0.6", markersize=4, label=f"{cohort_name}: {len(cohort)} scans")
+    if median_curve is not None:
+        span = np.linspace(min(ages), max(ages), 100)
+        axis.plot(span, median_curve(span), "--", color="black", linewidth=1, label="generator's median curve")
+    for (name, values), colour in zip(atlases.items(), ("tab:blue", "tab:red")):
+        axis.plot(ages, values, "-x", color=colour, label=f"{name} latent")
+    axis.set_xlabel("postmenstrual age (weeks)")
+    axis.set_ylabel("head circumference (cm)")
+    axis.set_title("average brains' head circumference against the cohort's growth", fontsize=10)
+    axis.legend(fontsize=8)
     figure.tight_layout()
     save_figure(figure, path)
