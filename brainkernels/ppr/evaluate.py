@@ -25,7 +25,7 @@ from brainkernels.figures import figure_point, orthogonal_slices, plt, save_figu
 from brainkernels.metrics.undefined import Undefined
 from brainkernels.ppr import healthy_reference, reference_grid
 from brainkernels.ppr.data import PreparedScan, cached_scan, preparation_request, prepare
-from brainkernels.ppr.healthy_reference import error_maps
+from brainkernels.ppr.healthy_reference import error_maps, magnitude
 from brainkernels.ppr.infer import Precision
 from brainkernels.ppr.train import NEGATIVES, PPRConfig, healthy_split, load_trained
 from brainkernels.runtime import RunFolder, setup, shipped, teardown
@@ -107,8 +107,8 @@ def detect(run_dir: str | os.PathLike, inputs: str | os.PathLike, out: str | os.
             if warning:
                 warnings.warn(warning, stacklevel=1)
             maps = error_maps(model, scan, distributed.device, mode, tile, precision)
-            if reference is not None:
-                maps = reference.normalise(maps)
+            maps = {kind: magnitude(error) for kind, error in maps.items()} if reference is None \
+                else reference.normalise(maps)
             error = next(iter(maps.values())) * scan.mask
             target = out / f"{scan.name}_anomaly.nii.gz"
             save_nifti(Volume(error[None], scan.volume.affine), target)
@@ -144,7 +144,7 @@ def _structure_scores(maps: dict[str, torch.Tensor], normalised: dict[str, torch
         region = structures == label
         present = bool(region.any())
         absent = Undefined(f"no label {label} in structures.nii.gz")
-        scores[MAX_ERROR][name] = float(maps[kind][region].max()) if present else absent
+        scores[MAX_ERROR][name] = float(magnitude(maps[kind])[region].max()) if present else absent
         if normalised is not None:
             scores[VS_HEALTHY][name] = healthy_reference.structure_score(normalised[kind], region) if present \
                 else absent

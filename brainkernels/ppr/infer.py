@@ -1,4 +1,5 @@
-"""PPR anomaly maps: the position error E_x = ||x - f(p_x)|| at every voxel.
+"""PPR anomaly maps: the position error E_x = ||x - f(p_x)|| at every voxel, and the displacement
+f(p_x) - x whose length it is.
 
 ``dense`` evaluates the fully convolutional rewrite tile by tile (memory bounded by the tile,
 not the volume); ``patchwise`` is the paper's procedure, one network evaluation per patch,
@@ -101,6 +102,48 @@ def predict_dense(model: PPRNet, volume: Tensor, *, tile: int = 32, padding_valu
     return output
 
 
+def _validated(model: PPRNet, volume: Tensor, mode: str) -> None:
+    if volume.dim() != 4 or volume.shape[0] != model.channels:
+        raise ValueError(f"volume must have shape ({model.channels}, D, H, W) for this model; "
+                         f"got {tuple(volume.shape)}")
+    if mode not in ("dense", "patchwise"):
+        raise ValueError(f"mode must be 'dense' or 'patchwise'; got {mode!r}")
+
+
+def _displacement(model: PPRNet, volume: Tensor, mode: str, tile: int, stride: int, chunk: int,
+                  padding_value: float, precision: Precision) -> tuple[Tensor, int]:
+    """(3, D', H', W') predicted minus true position of every evaluated patch, and the stride."""
+    _validated(model, volume, mode)
+    model.eval()
+    if mode == "dense":
+        predicted = predict_dense(model, volume, tile=tile, padding_value=padding_value, precision=precision)
+        stride = 1
+    else:
+        predicted = predict_patchwise(model, volume, stride=stride, chunk=chunk, padding_value=padding_value)
+    for axis, size in enumerate(volume.shape[1:]):
+        # The true position of each evaluated voxel along this axis, broadcast over the others.
+        position = torch.arange(0, size, stride, device=volume.device, dtype=predicted.dtype) / max(size - 1, 1)
+        predicted[axis] -= position.view([-1 if a == axis else 1 for a in range(3)])
+    return predicted, stride
+
+
+def _full_grid(evaluated: Tensor, shape: tuple[int, ...], stride: int) -> Tensor:
+    if stride == 1:
+        return evaluated
+    return F.interpolate(evaluated[None], size=shape, mode="trilinear", align_corners=True)[0]
+
+
+def displacement_map(model: PPRNet, volume: Tensor, *, mode: Literal["dense", "patchwise"] = "dense",
+                     tile: int = 32, stride: int = 1, chunk: int = 2048, padding_value: float = 0.0,
+                     precision: Precision = "float32") -> Tensor:
+    """(3, D, H, W) f(p_x) - x at every voxel of a (C, D, H, W) volume: where the network places the
+    patch centred there, relative to where it is (normalised positions, as the regression target).
+    Its length is :func:`anomaly_map`; the healthy reference measures each axis on its own.
+    Options as for :func:`anomaly_map` (with a stride, each axis is interpolated)."""
+    evaluated, stride = _displacement(model, volume, mode, tile, stride, chunk, padding_value, precision)
+    return _full_grid(evaluated, tuple(volume.shape[1:]), stride)
+
+
 def anomaly_map(model: PPRNet, volume: Tensor, *, mode: Literal["dense", "patchwise"] = "dense", tile: int = 32,
                 stride: int = 1, chunk: int = 2048, padding_value: float = 0.0,
                 precision: Precision = "float32") -> Tensor:
@@ -111,24 +154,5 @@ def anomaly_map(model: PPRNet, volume: Tensor, *, mode: Literal["dense", "patchw
     With ``patchwise`` and ``stride`` > 1 only every stride-th patch is evaluated and the error
     map is interpolated (trilinear) to the full grid, as in the paper's reduced-resolution runs.
     """
-    if volume.dim() != 4 or volume.shape[0] != model.channels:
-        raise ValueError(f"volume must have shape ({model.channels}, D, H, W) for this model; "
-                         f"got {tuple(volume.shape)}")
-    if mode not in ("dense", "patchwise"):
-        raise ValueError(f"mode must be 'dense' or 'patchwise'; got {mode!r}")
-    model.eval()
-    shape = tuple(volume.shape[1:])
-    if mode == "dense":
-        predicted = predict_dense(model, volume, tile=tile, padding_value=padding_value, precision=precision)
-        stride = 1
-    else:
-        predicted = predict_patchwise(model, volume, stride=stride, chunk=chunk, padding_value=padding_value)
-    squared = torch.zeros_like(predicted[0])
-    for axis, size in enumerate(shape):
-        # The true position of each evaluated voxel along this axis, broadcast over the others.
-        position = torch.arange(0, size, stride, device=volume.device, dtype=predicted.dtype) / max(size - 1, 1)
-        squared += (predicted[axis] - position.view([-1 if a == axis else 1 for a in range(3)])) ** 2
-    error = squared.sqrt()
-    if stride > 1:
-        error = F.interpolate(error[None, None], size=shape, mode="trilinear", align_corners=True)[0, 0]
-    return error
+    evaluated, stride = _displacement(model, volume, mode, tile, stride, chunk, padding_value, precision)
+    return _full_grid(evaluated.norm(dim=0, keepdim=True), tuple(volume.shape[1:]), stride)[0]
