@@ -99,7 +99,7 @@ def _training_section(settings: DemoSettings, out: Path, stages: Stages, quiet: 
     else:
         section.text("This run only shows training at work: PPR needs long training before lesions stand out (the "
                      "paper trains each model for about 22 hours on a GPU; the shipped model above, "
-                     "about an hour and a half on one CPU core). `brainkernels demo` without --quick trains longer and "
+                     "about two hours on one CPU core). `brainkernels demo` without --quick trains longer and "
                      "evaluates the result.")
     section.text("Commands: `" + cohorts.command("cq500", settings.ct, "ct") + "`, `brainkernels ppr train "
                  f"--data ct --out run --network-size {config.network_size} --patch {config.patch} --patches-per-step "

@@ -52,7 +52,7 @@ QUICK = DemoSettings(
     ct=Cohort(subjects=24, shape=64),
     ppr=PPRConfig(network_size=4, patch=19, patches_per_step=64, lr=1e-3, steps=300, **_LOGGING),
     mr=Cohort(subjects=20, shape=32, seed=2),
-    patchddm=PatchDDMConfig(channels=16, channel_mult=(1, 2, 2), patch=16, lr=2e-4, batch_size=2, steps=500,
+    patchddm=PatchDDMConfig(channels=16, channel_mult=(1, 2, 2), patch=16, lr=2e-4, batch_size=2, steps=300,
                             **_LOGGING),
     sampling_steps=10, ensemble=(1, 3, 5),
     neonatal=Cohort(subjects=30, shape=32, rescanned=0.5),
