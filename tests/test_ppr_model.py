@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from brainkernels.memory import measure_peak
 from brainkernels.ops import extract_patches3d
-from brainkernels.ppr.infer import anomaly_map, normalised_positions, predict_dense, predict_patchwise
+from brainkernels.ppr.infer import anomaly_map, displacement_map, normalised_positions, predict_dense, predict_patchwise
 from brainkernels.ppr.model import MAX_PATCH, MIN_PATCH, PPRNet
 
 
@@ -92,6 +92,27 @@ def test_strided_patchwise_is_interpolated_to_the_full_grid():
     full = anomaly_map(model, volume)
     assert coarse.shape == (9, 9, 9)
     torch.testing.assert_close(coarse[::4, ::4, ::4], full[::4, ::4, ::4], rtol=1e-5, atol=1e-6)
+
+
+def test_the_displacement_is_the_prediction_minus_the_position_and_its_length_the_error():
+    model = trained_looking(PPRNet(m=1, patch=19))
+    volume = torch.rand(1, 7, 8, 9)
+    displacement = displacement_map(model, volume, tile=5)
+    assert displacement.shape == (3, 7, 8, 9)
+    voxel = torch.tensor([[5, 0, 3]])
+    torch.testing.assert_close(displacement[:, 5, 0, 3], predict_dense(model, volume)[:, 5, 0, 3]
+                               - normalised_positions(voxel, (7, 8, 9))[0])
+    torch.testing.assert_close(displacement, displacement_map(model, volume, mode="patchwise", chunk=50),
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(displacement.norm(dim=0), anomaly_map(model, volume), rtol=1e-5, atol=1e-6)
+    coarse = displacement_map(model, volume, mode="patchwise", stride=3)
+    assert coarse.shape == (3, 7, 8, 9)
+    # 3 divides none of the sizes minus one: the evaluated voxels still keep their values, and past the last
+    # one (index 6) each axis repeats it.
+    torch.testing.assert_close(coarse[:, ::3, ::3, ::3], displacement[:, ::3, ::3, ::3], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(coarse[:, :, 7], coarse[:, :, 6])
+    torch.testing.assert_close(anomaly_map(model, volume, mode="patchwise", stride=3)[::3, ::3, ::3],
+                               anomaly_map(model, volume)[::3, ::3, ::3], rtol=1e-5, atol=1e-6)
 
 
 def test_dense_memory_does_not_grow_with_the_volume_beyond_its_output():

@@ -102,18 +102,14 @@ def predict_dense(model: PPRNet, volume: Tensor, *, tile: int = 32, padding_valu
     return output
 
 
-def _validated(model: PPRNet, volume: Tensor, mode: str) -> None:
+def _displacement(model: PPRNet, volume: Tensor, mode: str, tile: int, stride: int, chunk: int,
+                  padding_value: float, precision: Precision) -> tuple[Tensor, int]:
+    """(3, D', H', W') predicted minus true position of every evaluated patch, and the stride."""
     if volume.dim() != 4 or volume.shape[0] != model.channels:
         raise ValueError(f"volume must have shape ({model.channels}, D, H, W) for this model; "
                          f"got {tuple(volume.shape)}")
     if mode not in ("dense", "patchwise"):
         raise ValueError(f"mode must be 'dense' or 'patchwise'; got {mode!r}")
-
-
-def _displacement(model: PPRNet, volume: Tensor, mode: str, tile: int, stride: int, chunk: int,
-                  padding_value: float, precision: Precision) -> tuple[Tensor, int]:
-    """(3, D', H', W') predicted minus true position of every evaluated patch, and the stride."""
-    _validated(model, volume, mode)
     model.eval()
     if mode == "dense":
         predicted = predict_dense(model, volume, tile=tile, padding_value=padding_value, precision=precision)
@@ -128,9 +124,16 @@ def _displacement(model: PPRNet, volume: Tensor, mode: str, tile: int, stride: i
 
 
 def _full_grid(evaluated: Tensor, shape: tuple[int, ...], stride: int) -> Tensor:
+    """(C, *shape) from the values at every ``stride``-th voxel: those voxels keep their values,
+    trilinear between them, and voxels past the last evaluated one along an axis take its value.
+    (Interpolating straight to ``shape`` would stretch the evaluated grid whenever ``stride`` does
+    not divide the size minus one: at 256 voxels and stride 8, by 7 voxels at the far edge.)"""
     if stride == 1:
         return evaluated
-    return F.interpolate(evaluated[None], size=shape, mode="trilinear", align_corners=True)[0]
+    spanned = [(count - 1) * stride + 1 for count in evaluated.shape[1:]]
+    interpolated = F.interpolate(evaluated[None], size=spanned, mode="trilinear", align_corners=True)
+    padding = [amount for size, span in zip(reversed(shape), reversed(spanned)) for amount in (0, size - span)]
+    return F.pad(interpolated, padding, mode="replicate")[0]
 
 
 def displacement_map(model: PPRNet, volume: Tensor, *, mode: Literal["dense", "patchwise"] = "dense",
