@@ -139,12 +139,13 @@ def _structure_scores(maps: dict[str, torch.Tensor], normalised: dict[str, torch
     scores: dict[str, dict[str, float]] = {MAX_ERROR: {}}
     if normalised is not None:
         scores[VS_HEALTHY] = {}
+    errors = {kind: magnitude(error) for kind, error in maps.items()}  # once per map, not per structure
     for name, (label, _, ae_filter) in STRUCTURES.items():
         kind = "ppr" if "ppr" in maps else ae_filter
         region = structures == label
         present = bool(region.any())
         absent = Undefined(f"no label {label} in structures.nii.gz")
-        scores[MAX_ERROR][name] = float(magnitude(maps[kind])[region].max()) if present else absent
+        scores[MAX_ERROR][name] = float(errors[kind][region].max()) if present else absent
         if normalised is not None:
             scores[VS_HEALTHY][name] = healthy_reference.structure_score(normalised[kind], region) if present \
                 else absent
