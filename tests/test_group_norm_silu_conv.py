@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import BACKEND_CASES, assert_within_twice_torch_error, requires_extension
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
 
 from brainkernels import use_backend
 from brainkernels.memory import StorageTracker, measure_peak
@@ -298,3 +299,19 @@ def test_meta_predicts_cpu_peak_of_forward_and_backward():
                                                                                 device=device).items()}
         peaks.append(measure_peak(lambda: call(tensors), backward=True).peak_bytes)
     assert peaks[0] == peaks[1]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_flop_counter_counts_the_convolution_as_the_composition_does(device):
+    tensors = {name: t.float().requires_grad_() for name, t in make_inputs((2, 8, 6, 5, 4), 4, 16, 3,
+                                                                            device=device).items()}
+    counts = []
+    for fn in (call, lambda t: group_norm_silu_conv_reference(
+            t["x"], 4, t["conv_weight"], t["conv_bias"],
+            **{name: t[name] for name in ("norm_weight", "norm_bias", "skip", "emb")})):
+        with FlopCounterMode(display=False) as counter:
+            fn(tensors).sum().backward()
+        counts.append(counter.get_flop_counts()["Global"])
+    forward = 2 * (2 * 16 * 6 * 5 * 4) * (8 * 3**3)  # two per multiply-add of each output
+    assert counts[0][torch.ops.brainkernels.group_norm_silu_conv] == counts[1][torch.ops.aten.convolution] == forward
+    assert sum(counts[0].values()) == sum(counts[1].values()) == 3 * forward  # and the input and weight gradients

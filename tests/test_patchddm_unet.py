@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from brainkernels.memory import measure_peak
 from brainkernels.nn import GroupNormSiLUConv, norm_act_conv
 from brainkernels.nn.norm_act_conv import group_norm_silu_conv
+from brainkernels.patchddm.footprint import OURS, UNFUSED, build_unet, network_step, recomputed_forward_passes
 from brainkernels.patchddm.unet import DiffusionUNet, timestep_embedding
 
 
@@ -253,6 +255,19 @@ def test_fullres_training_with_recomputation_fits_a_12_gb_gpu():
         peaks[recompute] = _peak(unet, 256, True)
     assert peaks["all"] <= 12e9, f"FullRes training at 256^3 with recompute=all: {peaks['all'] / 1e9:.2f} GB > 12 GB"
     assert peaks["all"] < peaks["blocks"] < peaks["none"]
+
+
+def test_recomputed_forward_passes_count_the_fused_convolutions():
+    # The fused blocks' convolutions run inside a custom op; counted like the unfused network's,
+    # "blocks" recomputes most of a forward pass and "all" more.
+    passes = {mode: recomputed_forward_passes(mode, 16, (1, 2)) for mode in ("none", "blocks", "all")}
+    assert passes["none"] == 0 and 0.5 < passes["blocks"] < passes["all"] < 2
+    with FlopCounterMode(display=False) as counter:
+        network_step(build_unet(OURS, (1, 2)).to("meta"), 16, False, torch.device("meta"), torch.float32)()
+    fused = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        network_step(build_unet(UNFUSED, (1, 2)).to("meta"), 16, False, torch.device("meta"), torch.float32)()
+    assert fused == counter.get_total_flops()
 
 
 @pytest.mark.parametrize("grad", [False, True])

@@ -31,6 +31,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from brainkernels.memory import StorageTracker
 from brainkernels.ops.convolution import conv3d
@@ -199,6 +200,13 @@ def _group_norm_silu_conv(
 @_group_norm_silu_conv.register_fake
 def _(x, skip, emb, norm_weight, norm_bias, conv_weight, conv_bias, num_groups, eps, dtype):
     return x.new_empty((x.shape[0], conv_weight.shape[0], *x.shape[2:]), dtype=dtype)
+
+
+@register_flop_formula(torch.ops.brainkernels.group_norm_silu_conv)
+def _(x_shape, skip, emb, norm_weight, norm_bias, conv_weight_shape, *args, out_shape=None, **kwargs) -> int:
+    # FlopCounterMode sees a custom op as one opaque call and would count nothing: the forward's
+    # convolution (its backward is aten.convolution_backward, counted as it is).
+    return conv_flop_count(x_shape, conv_weight_shape, out_shape)
 
 
 @torch.library.register_torch_dispatch("brainkernels::group_norm_silu_conv", StorageTracker)
