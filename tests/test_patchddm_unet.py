@@ -105,7 +105,23 @@ def test_convolutions_that_change_the_size_are_refused(conv):
         group_norm_silu_conv(torch.randn(1, 4, 6, 6, 6), nn.GroupNorm(2, 4), conv)
 
 
-def test_block_in_bfloat16_is_as_accurate_as_the_composition_in_bfloat16():
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_slab_inference_of_each_kernel_size_equals_the_composition(monkeypatch, kernel):
+    monkeypatch.setattr(norm_act_conv, "SLAB_ELEMENTS", 2 * 4 * 5 * 3 * 2)
+    block = GroupNormSiLUConv(2, 4, 3, kernel_size=kernel).double()
+    _randomise(block)
+    x, skip = torch.randn(2, 4, 7, 5, 3, dtype=torch.float64), torch.randn(2, 4, 7, 5, 3, dtype=torch.float64)
+    emb = torch.randn(2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        fused = block(x, skip, emb)
+        block.fused = False
+        torch.testing.assert_close(fused, block(x, skip, emb))
+
+
+@pytest.mark.parametrize("slab_planes", [2, None])
+def test_block_in_bfloat16_is_as_accurate_as_the_composition_in_bfloat16(monkeypatch, slab_planes):
+    if slab_planes is not None:
+        monkeypatch.setattr(norm_act_conv, "SLAB_ELEMENTS", 8 * 6 * 6 * slab_planes)
     block = GroupNormSiLUConv(4, 8, 8)
     _randomise(block)
     x = torch.randn(1, 8, 6, 6, 6)
@@ -127,8 +143,13 @@ def test_block_under_cpu_autocast_matches_float32():
         out = block(x)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert block(x).dtype == torch.bfloat16  # inference too runs in the autocast dtype
+    for slab_planes in (None, 2):  # inference too runs in the autocast dtype, in one go and in slabs
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), pytest.MonkeyPatch.context() as patch:
+            if slab_planes is not None:
+                patch.setattr(norm_act_conv, "SLAB_ELEMENTS", 8 * 6 * 7 * slab_planes)
+            inferred = block(x)
+        assert inferred.dtype == torch.bfloat16
+        torch.testing.assert_close(inferred.float(), expected, rtol=0.05, atol=0.05)
     out.float().sum().backward()
     assert block.conv.weight.grad.dtype == torch.float32 and x.grad.shape == x.shape
 

@@ -29,23 +29,20 @@ def _statistics_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _slab_input(x: Tensor, skip: Tensor | None, emb: Tensor | None, start: int, stop: int) -> Tensor:
-    """``(x + skip) / 2 + emb`` on planes ``start:stop`` of the first spatial axis, in float32
-    (float64 for float64 inputs)."""
-    dtype = _statistics_dtype(x)
-    y = x[:, :, start:stop].to(dtype, copy=True)
-    if skip is not None:
-        y = y.add_(skip[:, :, start:stop].to(dtype)).mul_(0.5)
-    if emb is not None:
-        y = y.add_(emb.to(dtype).reshape(*emb.shape, 1, 1, 1))
-    return y
+def _slab_input(x: Tensor, skip: Tensor | None, start: int, stop: int) -> Tensor:
+    """``(x + skip) / 2`` on planes ``start:stop`` of the first spatial axis, in float32 (float64
+    for float64 inputs); a view of ``x`` where no skip or cast is needed."""
+    y = x[:, :, start:stop].to(_statistics_dtype(x))
+    return y if skip is None else torch.add(y, skip[:, :, start:stop]).mul_(0.5)
 
 
 def _group_statistics(x: Tensor, skip, emb, num_groups: int, eps: float, planes: int) -> tuple[Tensor, Tensor]:
-    """(N, G) mean and rstd of ``(x + skip) / 2 + emb``, combined over slabs (Chan et al.)."""
+    """(N, G) mean and rstd of ``(x + skip) / 2 + emb``: each channel's moments slab by slab, read
+    in place (Chan et al.'s pairwise combination, exact in float32 where sums of squares are not),
+    then the group's from its channels'. ``emb`` shifts a channel's mean, not its spread."""
     count, mean, m2 = 0, None, None
     for start in range(0, x.shape[2], planes):
-        y = _slab_input(x, skip, emb, start, start + planes).reshape(x.shape[0], num_groups, -1)
+        y = _slab_input(x, skip, start, start + planes).flatten(2)  # a view: a channel's planes are contiguous
         slab_count = y.shape[2]
         var, slab_mean = torch.var_mean(y, dim=2, correction=0)
         if mean is None:
@@ -56,7 +53,13 @@ def _group_statistics(x: Tensor, skip, emb, num_groups: int, eps: float, planes:
         mean = mean + delta * slab_count / total
         m2 = m2 + var * slab_count + delta.square() * count * slab_count / total
         count = total
-    return mean, torch.rsqrt(m2 / count + eps)
+    if emb is not None:
+        mean = mean + emb.to(mean.dtype)
+    n, channels = mean.shape
+    mean, m2 = mean.reshape(n, num_groups, -1), m2.reshape(n, num_groups, -1)
+    group_mean = mean.mean(dim=2)
+    group_m2 = m2.sum(dim=2) + count * (mean - group_mean[..., None]).square().sum(dim=2)
+    return group_mean, torch.rsqrt(group_m2 / (count * (channels // num_groups)) + eps)
 
 
 def _slab_inference(x, skip, emb, norm: nn.GroupNorm, conv: nn.Conv3d, planes: int) -> Tensor:
@@ -70,17 +73,34 @@ def _slab_inference(x, skip, emb, norm: nn.GroupNorm, conv: nn.Conv3d, planes: i
         scale, shift = scale * weight, shift * weight
     if norm.bias is not None:
         shift = shift + norm.bias.to(scale.dtype)
+    if emb is not None:  # normalise (x + skip) / 2 + emb as (x + skip) / 2 with emb in the shift
+        shift = shift + emb.to(scale.dtype) * scale
     scale, shift = scale.reshape(n, channels, 1, 1, 1), shift.reshape(n, channels, 1, 1, 1)
     dtype, halo = convolution_dtype(x), conv.padding[0]
+    weight, bias = conv.weight.to(dtype), None if conv.bias is None else conv.bias.to(dtype)
     out = x.new_empty((n, conv.out_channels, *x.shape[2:]), dtype=dtype)
+    # One buffer for every slab's activation with its halo planes ("same" padding along the slab
+    # axis: zeros at the volume's ends, neighbouring planes inside), written in place.
+    padded = x.new_empty((n, channels, min(planes, depth) + 2 * halo, *x.shape[3:]), dtype=dtype)
     for start in range(0, depth, planes):
         stop = min(start + planes, depth)
         low, high = max(start - halo, 0), min(stop + halo, depth)
-        activation = F.silu(_slab_input(x, skip, emb, low, high).mul_(scale).add_(shift)).to(dtype)
-        # zero "same" padding of the whole volume along the slab axis, the halo elsewhere
-        activation = F.pad(activation, (0, 0, 0, 0, halo - (start - low), halo - (high - stop)))
-        out[:, :, start:stop] = conv3d(activation, conv.weight.to(dtype),
-                                       None if conv.bias is None else conv.bias.to(dtype), padding=(0, halo, halo))
+        before, after = halo - (start - low), halo - (high - stop)
+        slab = padded[:, :, :before + high - low + after]
+        slab[:, :, :before].zero_()
+        slab[:, :, before + high - low:].zero_()
+        activation = slab[:, :, before:before + high - low]
+        y = _slab_input(x, skip, low, high)
+        if activation.dtype == scale.dtype:
+            target = activation
+        elif skip is not None or x.dtype != scale.dtype:  # y is a copy, not a view of x: normalise in place
+            target = y
+        else:
+            target = None
+        normalised = F.silu(torch.addcmul(shift, y, scale, out=target), inplace=True)
+        if normalised is not activation:
+            activation.copy_(normalised)
+        out[:, :, start:stop] = conv3d(slab, weight, bias, padding=(0, halo, halo))
     return out
 
 
