@@ -83,10 +83,11 @@ def compare(benchmark, device):
     """``compare(group, name, fn, baseline=False, **info)``: time ``fn`` and measure its peak bytes."""
 
     def run(group: str, name: str, fn, baseline: bool = False, extrapolate: float = 1.0, measure_memory: bool = True,
-            **info):
+            rounds: int = 5, **info):
         """``extrapolate``: the timed call does 1/extrapolate of the group's work (a baseline too
         slow to run whole); its time is scaled up in the summary and said so. ``measure_memory=False``
-        for code the CPU storage tracker cannot run under (torch.compile): time only."""
+        for code the CPU storage tracker cannot run under (torch.compile): time only. ``rounds``:
+        fewer for calls of a minute."""
         peak = measure_peak(fn, device=device) if measure_memory else None
         benchmark.group = group
         if extrapolate != 1:  # pytest-benchmark's table shows the time of the part that ran
@@ -97,7 +98,7 @@ def compare(benchmark, device):
             device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             torch=torch.__version__, **info,
         )
-        benchmark.pedantic(_synchronized(fn, device), rounds=5, warmup_rounds=1, iterations=1)
+        benchmark.pedantic(_synchronized(fn, device), rounds=rounds, warmup_rounds=1, iterations=1)
         if benchmark.stats is not None:
             _results[group][name] = {"median_s": benchmark.stats.stats.median * extrapolate,
                                      "peak_bytes": peak and peak.peak_bytes, "baseline": baseline,

@@ -14,7 +14,9 @@ bookkeeping): a training step on a 128^3 patch, one sampling step (network evalu
 and a FullRes training step at 256^3 without and with recomputation (paper: 10.6, 24.0 and 78.5
 GB). Time groups (CPU, float32, 29 channels, multipliers (1, 3, 4), 32^3; 64^3 with --bench-scale
 full): training step and sampling step; a training step with each recompute mode, named with
-the forward passes it recomputes (FLOPs counted on the meta device).
+the forward passes it recomputes (FLOPs counted on the meta device). With --bench-scale full on
+the CPU also the paper's network at its patch size: one sampling step at 128^3, float32, beside
+(a) and (c).
 
 On a GPU with --bench-scale full, the paper's Table 1 (time and memory of one network evaluation
 on an A100, batch 1): each case of the memory groups timed at its full size in bfloat16 and
@@ -48,9 +50,9 @@ def _network(name: str, channel_mult):
         pytest.importorskip("einops")
         return build_unet(MONAI, channel_mult)
     if name.startswith("(c)"):
-        if "unet" not in _compiled:
-            _compiled["unet"] = torch.compile(build_unet(UNFUSED, channel_mult))
-        return _compiled["unet"]
+        if channel_mult not in _compiled:
+            _compiled[channel_mult] = torch.compile(build_unet(UNFUSED, channel_mult))
+        return _compiled[channel_mult]
     return build_unet(OURS if name == "brainkernels" else UNFUSED, channel_mult)
 
 
@@ -83,6 +85,17 @@ def test_time_on_a_small_volume(compare, device, scale, train, name):
     compare(f"PatchDDM {label}, {side}^3, channels 29 x {CPU_MULT}, float32", name,
             network_step(network, side, train, device, torch.float32), baseline=name != "brainkernels",
             measure_memory=not name.startswith("(c)") or device.type == "cuda")
+
+
+@pytest.mark.parametrize("name", ["brainkernels", "(a) unfused PyTorch", "(c) unfused + torch.compile"])
+def test_sampling_step_of_the_paper_network_on_a_cpu(compare, device, scale, name):
+    if device.type != "cpu" or scale != "full":
+        pytest.skip("the CPU at the paper's patch size: --bench-scale full (30-45 s per evaluation on 2 cores)")
+    torch.manual_seed(0)
+    network = _network(name, PAPER_CHANNEL_MULT)
+    compare("PatchDDM sampling step, 128^3, paper network, float32", name,
+            network_step(network, 128, False, device, torch.float32), baseline=name != "brainkernels",
+            measure_memory=not name.startswith("(c)"), rounds=3)
 
 
 @pytest.mark.parametrize("recompute", RECOMPUTE)
