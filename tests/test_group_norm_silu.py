@@ -16,7 +16,13 @@ from brainkernels import _extension, use_backend
 from brainkernels.memory import StorageTracker, measure_peak
 from brainkernels.nn import FusedDiffusionUNetResnetBlock, GroupNormSiLU, GroupNormSiLUConv, convert_module
 from brainkernels.ops import group_norm_silu, group_norm_silu_reference
-from brainkernels.ops.group_norm_silu import _backward_kernels, _CpuKernels, _forward_kernels
+from brainkernels.ops.group_norm_silu import (
+    _backward_kernels,
+    _CpuKernels,
+    _forward_kernels,
+    group_norm_silu_with_statistics,
+    group_norm_statistics,
+)
 
 # This op has no CUDA C++ kernel: on CUDA tensors Triton runs.
 BACKEND_CASES = [case for case in BACKEND_CASES if case.values[1] in ("cpu", "triton")]
@@ -243,7 +249,10 @@ def test_cpu_kernels_stay_inside_their_buffers(dtype):
     ptrs = [t.data_ptr() for t in coefficients]
     common = (code, 1, list(shape), 10, h.data_ptr(), list(h.stride()), 0, [0, 0, 0])
     out = torch.full((h.numel() + 2 * margin,), SENTINEL, dtype=dtype)
-    kernels.group_norm_silu_forward_cpu(*common, *ptrs[:3], out[margin:].data_ptr(), 2)
+    kernels.group_norm_silu_forward_cpu(*common, *ptrs[:3], out[margin:].data_ptr(), [3 * 37, 37, 1], 2)
+    # the forward into rows of a wider buffer (a slab of a padded volume) leaves the gaps alone
+    rows = torch.full((2, 3, 41), SENTINEL, dtype=dtype)
+    kernels.group_norm_silu_forward_cpu(*common, *ptrs[:3], rows[:, :, 2:].data_ptr(), list(rows.stride()), 2)
     grad_in = torch.full((h.numel() + 2 * margin,), SENTINEL, dtype=dtype)
     kernels.group_norm_silu_backward_input_cpu(*common, grad.data_ptr(), list(grad.stride()), *ptrs,
                                                grad_in[margin:].data_ptr(), 2)
@@ -257,6 +266,8 @@ def test_cpu_kernels_stay_inside_their_buffers(dtype):
     center, alpha, beta = (t.view(2, 3, 1) for t in coefficients[:3])
     expected = F.silu((h.float() - center) * alpha + beta).flatten()
     torch.testing.assert_close(out[margin:-margin].float(), expected, **TOLERANCES[dtype])
+    assert (rows[:, :, :2] == SENTINEL).all() and (rows[:, :, 39:] == SENTINEL).all()
+    assert torch.equal(rows[:, :, 2:39].flatten(), out[margin:-margin])
 
 
 BAD_INPUTS = [
@@ -312,6 +323,128 @@ def test_opcheck(device, backend, optional):
         detached = [t.detach() if t is not None else None for t in args[:7]]
         backward_args = (grad, *detached, mean, rstd, 3, 1e-5, "silu", True)
         torch.library.opcheck(torch.ops.brainkernels.group_norm_silu_backward.default, backward_args)
+
+
+STATISTICS_BACKENDS = [*BACKEND_CASES, pytest.param(torch.device("cpu"), "reference", id="cpu-reference")]
+SLAB_CASES = [name for name, case in CASES.items() if len(case[0]) > 2]
+
+
+def normalise_in_slabs(tensors, groups, activation, eps=1e-5):
+    """group_norm_statistics of the whole tensor, then group_norm_silu_with_statistics slab by
+    slab (two planes of the first spatial axis) into a buffer with a gap plane on either side."""
+    h, skip, emb = tensors["h"], tensors.get("skip"), tensors.get("emb")
+    mean, rstd = group_norm_statistics(h, groups, eps, skip=skip, emb=emb)
+    depth = h.shape[2]
+    buffer = torch.full((*h.shape[:2], depth + 2, *h.shape[3:]), SENTINEL, dtype=h.dtype, device=h.device)
+    for start in range(0, depth, 2):
+        stop = min(start + 2, depth)
+        written = group_norm_silu_with_statistics(
+            h[:, :, start:stop], mean, rstd, tensors.get("weight"), tensors.get("bias"),
+            skip=None if skip is None else skip[:, :, start:stop], emb=emb, scale=tensors.get("scale"),
+            shift=tensors.get("shift"), activation=activation, out=buffer[:, :, 1 + start:1 + stop])
+        assert written.data_ptr() == buffer[:, :, 1 + start].data_ptr()
+    assert (buffer[:, :, 0] == SENTINEL).all() and (buffer[:, :, -1] == SENTINEL).all()
+    return mean, rstd, buffer[:, :, 1:-1]
+
+
+@pytest.mark.parametrize("device,backend", STATISTICS_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", SLAB_CASES)
+def test_slabs_normalised_with_the_whole_statistics_equal_the_op(device, backend, dtype, case):
+    shape, groups, optional, activation = CASES[case]
+    offset = 300.0 if case == "large-mean" else 0.0
+    tensors = make_inputs(shape, optional, dtype, 3, device, offset)
+    with torch.no_grad(), use_backend(backend):
+        mean, rstd, slabs = normalise_in_slabs(tensors, groups, activation)
+    exact = {k: v.double() for k, v in tensors.items()}
+    expected_out, expected_mean, expected_rstd = torch.ops.brainkernels.group_norm_silu(
+        *op_inputs(exact), groups, 1e-5, activation)
+    torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-5, atol=1e-5 * (1 + offset))
+    torch.testing.assert_close(rstd.double(), expected_rstd, rtol=1e-4, atol=0)
+    in_dtype = group_norm_silu_reference(tensors["h"], groups, tensors.get("weight"), tensors.get("bias"),
+                                         **{k: tensors.get(k) for k in ("skip", "emb", "scale", "shift")},
+                                         activation=activation)
+    assert_close_to_exact(slabs, in_dtype, expected_out, "slabs")
+
+
+def op_inputs(tensors):
+    return [tensors.get(name) for name in ("h", "skip", "emb", "scale", "shift", "weight", "bias")]
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+def test_slabs_of_a_kernel_backend_equal_its_op_bit_for_bit(device, backend):
+    """Same statistics, same per-voxel arithmetic: splitting the volume changes no bit."""
+    shape, groups, optional, activation = CASES["29ch-29groups-all"]
+    tensors = make_inputs(shape, optional, torch.float32, 4, device)
+    with torch.no_grad(), use_backend(backend):
+        _, _, slabs = normalise_in_slabs(tensors, groups, activation)
+        whole = torch.ops.brainkernels.group_norm_silu(*op_inputs(tensors), groups, 1e-5, activation)[0]
+    assert torch.equal(slabs, whole)
+
+
+def test_statistics_and_normalisation_on_the_meta_device():
+    h = torch.empty(2, 6, 4, 3, 5, device="meta", dtype=torch.bfloat16)
+    mean, rstd = group_norm_statistics(h, 3, skip=h)
+    assert mean.shape == rstd.shape == (2, 3) and mean.dtype == rstd.dtype == torch.float32
+    out = torch.empty(2, 6, 6, 3, 5, device="meta", dtype=torch.bfloat16)[:, :, 1:5]
+    assert group_norm_silu_with_statistics(h, mean, rstd, skip=h, out=out) is out
+
+
+@pytest.mark.parametrize("device,backend", STATISTICS_BACKENDS)
+def test_statistics_of_an_empty_tensor_are_nan(device, backend):
+    with use_backend(backend):
+        mean, rstd = group_norm_statistics(torch.empty(2, 4, 0, device=device), 2)
+        out = group_norm_silu_with_statistics(torch.empty(2, 4, 0, device=device), mean, rstd)
+    assert mean.shape == (2, 2) and mean.isnan().all() and rstd.isnan().all() and out.shape == (2, 4, 0)
+
+
+def _with_statistics(**override):
+    h = torch.zeros(2, 4, 3, 5)
+    arguments = dict(h=h, mean=torch.zeros(2, 2), rstd=torch.ones(2, 2))
+    arguments.update(override)
+    with torch.no_grad() if "grad" not in override else torch.enable_grad():
+        arguments.pop("grad", None)
+        group_norm_silu_with_statistics(**arguments)
+
+
+WITH_STATISTICS_BAD_INPUTS = [
+    ("mean type", dict(mean=[[0.0]]), TypeError, "mean must be a torch.Tensor"),
+    ("mean groups", dict(mean=torch.zeros(2, 3), rstd=torch.ones(2, 3)), ValueError, r"mean must have shape \(N, G\)"),
+    ("rstd batch", dict(rstd=torch.ones(1, 2)), ValueError, r"rstd must have shape \(N, G\) with N = 2"),
+    ("rstd dtype", dict(rstd=torch.ones(2, 2, dtype=torch.float64)), TypeError, "rstd must be torch.float32"),
+    ("out shape", dict(out=torch.zeros(2, 4, 3, 4)), ValueError, "out must have h's shape"),
+    ("out rows", dict(out=torch.zeros(2, 4, 5, 3).transpose(2, 3)), ValueError, "out's spatial dimensions must be"),
+    ("h dtype", dict(h=torch.zeros(2, 4, 3, 5, dtype=torch.float64)), TypeError, "mean must be torch.float64"),
+    ("weight", dict(weight=torch.ones(3)), ValueError, r"weight must have shape \(C,\)"),
+    ("grad", dict(h=torch.zeros(2, 4, 3, 5, requires_grad=True), grad=True), RuntimeError,
+     "group_norm_silu_with_statistics is for inference"),
+]
+
+
+@pytest.mark.parametrize("name,override,error,message", WITH_STATISTICS_BAD_INPUTS,
+                         ids=[case[0] for case in WITH_STATISTICS_BAD_INPUTS])
+def test_bad_input_to_the_statistics_functions_names_the_argument(name, override, error, message):
+    with pytest.raises(error, match=message):
+        _with_statistics(**override)
+
+
+def test_statistics_refuse_bad_groups_and_gradients():
+    with pytest.raises(ValueError, match="num_groups must be a positive divisor"):
+        group_norm_statistics(torch.zeros(2, 4, 3), 3)
+    with pytest.raises(RuntimeError, match="group_norm_statistics is for inference"):
+        group_norm_statistics(torch.zeros(2, 4, 3, requires_grad=True), 2)
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+def test_opcheck_of_the_statistics_ops(device, backend):
+    tensors = make_inputs((2, 6, 3, 4, 5), OPTIONAL, torch.float64, 7, device)
+    h, skip, emb, scale, shift, weight, bias = op_inputs(tensors)
+    with use_backend(backend):
+        torch.library.opcheck(torch.ops.brainkernels.group_norm_statistics.default, (h, skip, emb, 3, 1e-5))
+        mean, rstd = torch.ops.brainkernels.group_norm_statistics(h, skip, emb, 3, 1e-5)
+        out = torch.empty_like(h)
+        torch.library.opcheck(torch.ops.brainkernels.group_norm_silu_into.default,
+                              (h, skip, emb, scale, shift, weight, bias, mean, rstd, "silu", out))
 
 
 @requires_extension

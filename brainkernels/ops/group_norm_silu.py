@@ -144,6 +144,102 @@ def group_norm_silu(
     return out
 
 
+def _check_inference(name: str, *tensors: Tensor | None) -> None:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(f"{name} is for inference and has no gradient; call it under torch.no_grad() or use "
+                           f"group_norm_silu, which is differentiable")
+
+
+def group_norm_statistics(
+    h: Tensor,
+    num_groups: int,
+    eps: float = 1e-5,
+    *,
+    skip: Tensor | None = None,
+    emb: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-(sample, group) mean and ``1 / sqrt(var + eps)`` of ``x = (h + skip) / 2 + emb``: the
+    statistics :func:`group_norm_silu` normalises with, from one pass that reads h and skip in
+    place (no copy of x). Inference only (no gradient).
+
+    Returns two (N, num_groups) tensors, float32 (float64 for float64 h). Arguments as for
+    :func:`group_norm_silu`.
+    """
+    _check_arguments(h, num_groups, None, None, eps, skip, emb, None, None, "silu")
+    _check_inference("group_norm_statistics", h, skip, emb)
+    return torch.ops.brainkernels.group_norm_statistics(h, skip, emb, num_groups, float(eps))
+
+
+def _check_statistics(h: Tensor, mean: object, rstd: object) -> None:
+    for name, t in (("mean", mean), ("rstd", rstd)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+        groups = t.shape[1] if t.dim() == 2 else 0
+        if t.dim() != 2 or t.shape[0] != h.shape[0] or groups < 1 or h.shape[1] % groups != 0:
+            raise ValueError(f"{name} must have shape (N, G) with N = {h.shape[0]} and G a divisor of the "
+                             f"{h.shape[1]} channels of h; got {tuple(t.shape)}")
+        if t.dtype != _stat_dtype(h.dtype):
+            raise TypeError(f"{name} must be {_stat_dtype(h.dtype)} for {h.dtype} h (as group_norm_statistics "
+                            f"returns it); got {t.dtype}")
+        if t.device != h.device:
+            raise ValueError(f"{name} is on {t.device} but h is on {h.device}; put them on one device")
+    if mean.shape != rstd.shape:
+        raise ValueError(f"mean and rstd must have one shape; got {tuple(mean.shape)} and {tuple(rstd.shape)}")
+
+
+def _check_out(h: Tensor, out: object) -> None:
+    if not isinstance(out, Tensor):
+        raise TypeError(f"out must be a torch.Tensor or None; got {type(out).__name__}")
+    if out.shape != h.shape or out.dtype != h.dtype or out.device != h.device:
+        raise ValueError(f"out must have h's shape, dtype and device ({tuple(h.shape)}, {h.dtype}, {h.device}); "
+                         f"got {tuple(out.shape)}, {out.dtype}, {out.device}")
+    try:
+        rows = out.view(out.shape[0], out.shape[1], -1) if out.numel() else None
+    except RuntimeError:
+        rows = None
+    if out.numel() and (rows is None or (rows.shape[2] > 1 and rows.stride(2) != 1)):
+        raise ValueError(f"out's spatial dimensions must be contiguous for each (sample, channel), as in a "
+                         f"contiguous tensor or a slice of one along the first spatial axis; got strides "
+                         f"{out.stride()}")
+
+
+def group_norm_silu_with_statistics(
+    h: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    *,
+    skip: Tensor | None = None,
+    emb: Tensor | None = None,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
+    activation: str = "silu",
+    out: Tensor | None = None,
+) -> Tensor:
+    """:func:`group_norm_silu` normalising with given group statistics, e.g. those of the whole
+    volume (:func:`group_norm_statistics`) while h and skip are one slab of it. Inference only.
+
+    Args:
+        mean, rstd: (N, G) group statistics of ``(h + skip) / 2 + emb`` over the whole tensor,
+            float32 (float64 for float64 h); G divides C and is the number of groups.
+        out: where to write the result, or None for a new contiguous tensor: h's shape, dtype
+            and device, each (sample, channel)'s voxels contiguous (a slice along the first
+            spatial axis of a contiguous tensor qualifies).
+        The others as for :func:`group_norm_silu`.
+
+    Returns out (or the new tensor).
+    """
+    _check_arguments(h, 1, weight, bias, 1.0, skip, emb, scale, shift, activation)
+    _check_statistics(h, mean, rstd)
+    if out is None:
+        out = h.new_empty(h.shape)
+    _check_out(h, out)
+    _check_inference("group_norm_silu_with_statistics", h, skip, emb, scale, shift, weight, bias)
+    torch.ops.brainkernels.group_norm_silu_into(h, skip, emb, scale, shift, weight, bias, mean, rstd, activation, out)
+    return out
+
+
 # --- the shared structure of the cpu and triton backends --------------------------------------
 
 
@@ -223,23 +319,37 @@ def _chunk_counts(spatial: int, chunk: int, device: torch.device) -> Tensor:
     return (spatial - torch.arange(chunks, device=device) * chunk).clamp(max=chunk)
 
 
-def _forward_kernels(kernels, h, skip, emb, scale, shift, weight, bias, num_groups, eps, activation):
-    batch, channels = h.shape[:2]
+def _statistics_kernels(kernels, h, skip, emb, num_groups, eps):
+    """(N, G) mean and rstd of x from one moments pass over h and skip, read in place."""
     h3, skip3 = _rows(h), (_rows(skip) if skip is not None else None)
-    spatial, stat_dtype = h3.shape[2], _stat_dtype(h.dtype)
     if h.numel() == 0:
-        nan = torch.full((batch, num_groups), math.nan, dtype=stat_dtype, device=h.device)
-        return h.new_empty(h.shape), nan, nan.clone()
-    chunk = kernels.chunk_size(batch * channels, spatial)
-    mean_parts, m2_parts = kernels.moments(h3, skip3, chunk, stat_dtype)
-    mean, rstd = _statistics(mean_parts, m2_parts, _chunk_counts(spatial, chunk, h.device), h, skip, emb,
-                             num_groups, eps)
+        nan = torch.full((h.shape[0], num_groups), math.nan, dtype=_stat_dtype(h.dtype), device=h.device)
+        return nan, nan.clone()
+    chunk = kernels.chunk_size(h3.shape[0] * h3.shape[1], h3.shape[2])
+    mean_parts, m2_parts = kernels.moments(h3, skip3, chunk, _stat_dtype(h.dtype))
+    return _statistics(mean_parts, m2_parts, _chunk_counts(h3.shape[2], chunk, h.device), h, skip, emb, num_groups,
+                       eps)
+
+
+def _normalise_kernels(kernels, h, skip, emb, scale, shift, weight, bias, mean, rstd, activation, out) -> None:
+    """Writes act(GroupNorm(x) * (1 + scale) + shift) with the given statistics into ``out``."""
+    if h.numel() == 0:
+        return
+    h3, skip3 = _rows(h), (_rows(skip) if skip is not None else None)
+    out3 = out.view(out.shape[0], out.shape[1], -1)  # writes must land in out: a view, never a copy
+    shape, stat_dtype = tuple(h.shape[:2]), _stat_dtype(h.dtype)
     coefficients = _Coefficients(h, skip, emb, scale, shift, weight, bias, mean, rstd)
-    shape = (batch, channels)
     center, alpha, beta = (_for_kernel(t, shape, stat_dtype)
                            for t in (coefficients.center, coefficients.alpha, coefficients.beta))
-    out = kernels.forward(h3, skip3, center, alpha, beta, activation == "silu", chunk)
-    return out.view(h.shape), mean, rstd
+    kernels.forward(h3, skip3, center, alpha, beta, activation == "silu", kernels.chunk_size(shape[0] * shape[1],
+                    h3.shape[2]), out3)
+
+
+def _forward_kernels(kernels, h, skip, emb, scale, shift, weight, bias, num_groups, eps, activation):
+    mean, rstd = _statistics_kernels(kernels, h, skip, emb, num_groups, eps)
+    out = h.new_empty(h.shape)
+    _normalise_kernels(kernels, h, skip, emb, scale, shift, weight, bias, mean, rstd, activation, out)
+    return out, mean, rstd
 
 
 def _backward_kernels(kernels, grad_out, h, skip, emb, scale, shift, weight, bias, mean, rstd, num_groups, eps,
@@ -308,13 +418,11 @@ class _CpuKernels:
         return mean, m2
 
     @classmethod
-    def forward(cls, h3, skip3, center, alpha, beta, silu, chunk):
-        out = h3.new_empty(h3.shape)
+    def forward(cls, h3, skip3, center, alpha, beta, silu, chunk, out3):
         _extension.load().group_norm_silu_forward_cpu(
             _extension.dtype_code(h3.dtype), int(silu), *cls._common(h3, skip3, chunk), center.data_ptr(),
-            alpha.data_ptr(), beta.data_ptr(), out.data_ptr(), torch.get_num_threads(),
+            alpha.data_ptr(), beta.data_ptr(), out3.data_ptr(), list(out3.stride()), torch.get_num_threads(),
         )
-        return out
 
     @classmethod
     def backward_sums(cls, h3, skip3, grad3, center, alpha, beta, xa, silu, chunk):
@@ -346,15 +454,37 @@ def _triton_kernels():
 # --- the reference backend --------------------------------------------------------------------
 
 
-def _forward_reference(h, skip, emb, scale, shift, weight, bias, num_groups, eps, activation):
-    out = group_norm_silu_reference(h, num_groups, weight, bias, eps, skip=skip, emb=emb, scale=scale, shift=shift,
-                                    activation=activation)
+def _statistics_reference(h, skip, emb, num_groups, eps):
     stat_dtype = _stat_dtype(h.dtype)
     x = h.to(stat_dtype) if skip is None else (h.to(stat_dtype) + skip.to(stat_dtype)) / 2
     if emb is not None:
         x = x + _per_channel(emb.to(stat_dtype), h.dim())
     var, mean = torch.var_mean(x.reshape(h.shape[0], num_groups, -1), dim=-1, correction=0)
-    return out.contiguous(), mean, (var + eps).rsqrt()
+    return mean, (var + eps).rsqrt()
+
+
+def _normalise_reference(h, skip, emb, scale, shift, weight, bias, mean, rstd, activation, out) -> None:
+    stat_dtype, channels, dim = _stat_dtype(h.dtype), h.shape[1], h.dim()
+    x = h.to(stat_dtype) if skip is None else (h.to(stat_dtype) + skip.to(stat_dtype)) / 2
+    if emb is not None:
+        x = x + _per_channel(emb.to(stat_dtype), dim)
+    y = (x - _per_channel(_expand_groups(mean.to(stat_dtype), channels), dim)) * _per_channel(
+        _expand_groups(rstd.to(stat_dtype), channels), dim)
+    if weight is not None:
+        y = y * _per_channel(weight.to(stat_dtype), dim)
+    if bias is not None:
+        y = y + _per_channel(bias.to(stat_dtype), dim)
+    if scale is not None:
+        y = y * (1 + _per_channel(scale.to(stat_dtype), dim))
+    if shift is not None:
+        y = y + _per_channel(shift.to(stat_dtype), dim)
+    out.copy_(F.silu(y) if activation == "silu" else y)
+
+
+def _forward_reference(h, skip, emb, scale, shift, weight, bias, num_groups, eps, activation):
+    out = group_norm_silu_reference(h, num_groups, weight, bias, eps, skip=skip, emb=emb, scale=scale, shift=shift,
+                                    activation=activation)
+    return (out.contiguous(), *_statistics_reference(h, skip, emb, num_groups, eps))
 
 
 def _backward_reference(grad_out, h, skip, emb, scale, shift, weight, bias, mean, rstd, num_groups, eps,
@@ -384,16 +514,19 @@ def _backward_reference(grad_out, h, skip, emb, scale, shift, weight, bias, mean
     return (grad_input, *grads[1:])
 
 
-_FORWARD = {
-    "cpu": lambda *args: _forward_kernels(_CpuKernels, *args),
-    "triton": lambda *args: _forward_kernels(_triton_kernels(), *args),
-    "reference": _forward_reference,
-}
-_BACKWARD = {
-    "cpu": lambda *args: _backward_kernels(_CpuKernels, *args),
-    "triton": lambda *args: _backward_kernels(_triton_kernels(), *args),
-    "reference": _backward_reference,
-}
+def _backend_table(with_kernels, reference) -> dict:
+    """backend name -> implementation: ``with_kernels`` on the C++ or the Triton kernels, or the reference."""
+    return {
+        "cpu": lambda *args: with_kernels(_CpuKernels, *args),
+        "triton": lambda *args: with_kernels(_triton_kernels(), *args),
+        "reference": reference,
+    }
+
+
+_FORWARD = _backend_table(_forward_kernels, _forward_reference)
+_BACKWARD = _backend_table(_backward_kernels, _backward_reference)
+_STATISTICS = _backend_table(_statistics_kernels, _statistics_reference)
+_NORMALISE = _backend_table(_normalise_kernels, _normalise_reference)
 
 
 @torch.library.custom_op("brainkernels::group_norm_silu", mutates_args=())
@@ -498,3 +631,31 @@ def _backward(ctx, grad_out, _grad_mean, _grad_rstd):
 
 
 _group_norm_silu.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("brainkernels::group_norm_statistics", mutates_args=())
+def _group_norm_statistics(h: Tensor, skip: Tensor | None, emb: Tensor | None, num_groups: int,
+                           eps: float) -> tuple[Tensor, Tensor]:
+    """Op form of :func:`group_norm_statistics` (arguments validated): (mean, rstd)."""
+    backend = backends.resolve(h.device, tuple(_STATISTICS))
+    return _STATISTICS[backend](h, skip, emb, num_groups, eps)
+
+
+@_group_norm_statistics.register_fake
+def _(h, skip, emb, num_groups, eps):
+    mean = h.new_empty((h.shape[0], num_groups), dtype=_stat_dtype(h.dtype))
+    return mean, torch.empty_like(mean)
+
+
+@torch.library.custom_op("brainkernels::group_norm_silu_into", mutates_args=("out",))
+def _group_norm_silu_into(h: Tensor, skip: Tensor | None, emb: Tensor | None, scale: Tensor | None,
+                          shift: Tensor | None, weight: Tensor | None, bias: Tensor | None, mean: Tensor, rstd: Tensor,
+                          activation: str, out: Tensor) -> None:
+    """Op form of :func:`group_norm_silu_with_statistics` (arguments validated), writing into out."""
+    backend = backends.resolve(h.device, tuple(_NORMALISE))
+    _NORMALISE[backend](h, skip, emb, scale, shift, weight, bias, mean, rstd, activation, out)
+
+
+@_group_norm_silu_into.register_fake
+def _(h, skip, emb, scale, shift, weight, bias, mean, rstd, activation, out):
+    return None

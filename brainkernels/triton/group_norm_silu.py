@@ -76,7 +76,7 @@ def _moments_kernel(
 @triton.jit
 def _forward_kernel(
     h_ptr, skip_ptr, center_ptr, alpha_ptr, beta_ptr, out_ptr,
-    channels, spatial, chunk, num_chunks, h_sn, h_sc, h_ss, s_sn, s_sc, s_ss,
+    channels, spatial, chunk, num_chunks, h_sn, h_sc, h_ss, s_sn, s_sc, s_ss, o_sn, o_sc, o_ss,
     HAS_SKIP: tl.constexpr, SILU: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     program = tl.program_id(0).to(tl.int64)
@@ -91,7 +91,7 @@ def _forward_kernel(
         u = (w - center) * alpha + beta
         if SILU:
             u = u * tl.sigmoid(u)
-        tl.store(out_ptr + row * spatial + offsets, u.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + n * o_sn + c * o_sc + offsets * o_ss, u.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -186,11 +186,9 @@ def moments(h3: Tensor, skip3: Tensor | None, chunk: int, partial_dtype: torch.d
     return mean, m2
 
 
-def forward(h3: Tensor, skip3: Tensor | None, center: Tensor, alpha: Tensor, beta: Tensor, silu: bool,
-            chunk: int) -> Tensor:
-    out = h3.new_empty(h3.shape)
-    _launch(_forward_kernel, h3, skip3, chunk, (center, alpha, beta, out), SILU=silu)
-    return out
+def forward(h3: Tensor, skip3: Tensor | None, center: Tensor, alpha: Tensor, beta: Tensor, silu: bool, chunk: int,
+            out3: Tensor) -> None:
+    _launch(_forward_kernel, h3, skip3, chunk, (center, alpha, beta, out3), out3.stride(), SILU=silu)
 
 
 def backward_sums(h3: Tensor, skip3: Tensor | None, grad3: Tensor, center: Tensor, alpha: Tensor, beta: Tensor,

@@ -51,10 +51,14 @@ void moments(int dtype, Shape3 shape, int64_t chunk, uintptr_t h, Shape3 h_strid
 
 void forward(int dtype, int activation, Shape3 shape, int64_t chunk, uintptr_t h, Shape3 h_strides, uintptr_t skip,
              Shape3 skip_strides, uintptr_t center, uintptr_t alpha, uintptr_t beta, uintptr_t result,
-             int num_threads) {
+             Shape3 result_strides, int num_threads) {
   const GroupNormSiluArgs args = make_args(dtype, activation, shape, chunk, h, h_strides, skip, skip_strides);
+  if (result_strides[2] != 1 && shape[2] > 1) {
+    throw std::invalid_argument("group_norm_silu: the output must have unit stride along a row");
+  }
   py::gil_scoped_release release;
-  brainkernels::cpu::group_norm_silu_forward(args, in(center), in(alpha), in(beta), out(result), num_threads);
+  brainkernels::cpu::group_norm_silu_forward(args, in(center), in(alpha), in(beta), out(result), result_strides[0],
+                                             result_strides[1], num_threads);
 }
 
 void backward_sums(int dtype, int activation, Shape3 shape, int64_t chunk, uintptr_t h, Shape3 h_strides,

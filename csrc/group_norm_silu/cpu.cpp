@@ -58,8 +58,8 @@ void group_norm_silu_moments(const GroupNormSiluArgs& a, void* mean, void* m2, i
 }
 
 void group_norm_silu_forward(const GroupNormSiluArgs& a, const void* center, const void* alpha, const void* beta,
-                             void* out, int num_threads) {
-  BK_GN_DISPATCH(group_norm_silu_forward, a, center, alpha, beta, out, num_threads)
+                             void* out, int64_t out_stride_n, int64_t out_stride_c, int num_threads) {
+  BK_GN_DISPATCH(group_norm_silu_forward, a, center, alpha, beta, out, out_stride_n, out_stride_c, num_threads)
 }
 
 void group_norm_silu_backward_sums(const GroupNormSiluArgs& a, const RowsView& grad_out, const void* center,

@@ -46,11 +46,13 @@ namespace cpu {
 // Per-row coefficient arrays (center, alpha, beta, xa, p, q, r) are contiguous (batch * channels)
 // arrays of the compute type: double for kFloat64, float otherwise. Partial-result outputs are
 // contiguous arrays of that type too: moments writes mean and m2 as (rows, num_chunks);
-// backward_sums writes (3, rows, num_chunks). Element outputs (out, grad_input) are contiguous
-// (batch, channels, spatial) in `dtype`. Statistics are accumulated in double.
+// backward_sums writes (3, rows, num_chunks). Element outputs are (batch, channels, spatial) in
+// `dtype`: grad_input contiguous, forward's out with unit stride along a row and the given row
+// strides (so it can write into a slice of a larger buffer). Statistics are accumulated in double.
 void group_norm_silu_moments(const GroupNormSiluArgs& args, void* mean, void* m2, int num_threads);
 void group_norm_silu_forward(const GroupNormSiluArgs& args, const void* center, const void* alpha,
-                             const void* beta, void* out, int num_threads);
+                             const void* beta, void* out, int64_t out_stride_n, int64_t out_stride_c,
+                             int num_threads);
 void group_norm_silu_backward_sums(const GroupNormSiluArgs& args, const RowsView& grad_out,
                                    const void* center, const void* alpha, const void* beta,
                                    const void* xa, void* sums, int num_threads);
