@@ -17,6 +17,7 @@ from brainkernels.ops.coordinate_mlp import (
     coordinate_mlp,
     coordinate_mlp_reference,
     grid_coordinates,
+    grid_coordinates_at,
     num_partials,
     packed_size,
 )
@@ -337,6 +338,18 @@ def test_grid_coordinates_follow_the_paper():
     torch.testing.assert_close(coords[0], torch.tensor([-2 / 4, -1 / 4, -1.5 / 4]))
     torch.testing.assert_close(coords[-1], torch.tensor([1 / 4, 0.0, 0.5 / 4]))
     torch.testing.assert_close(coords[1], torch.tensor([-2 / 4, -1 / 4, -0.5 / 4]))  # last axis fastest
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 3), (5, 7), (256, 256, 256)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_coordinates_of_sampled_voxels_are_the_grids_rows(shape, dtype):
+    """grid_coordinates_at(shape, i) is grid_coordinates(shape)[i], bit for bit (also the last
+    voxel of a 256^3 grid, whose index needs more than 24 bits)."""
+    total = math.prod(shape)
+    drawn = torch.randint(total, (50,), generator=torch.Generator().manual_seed(0))
+    index = torch.cat([torch.tensor([0, total - 1]), drawn])
+    expected = grid_coordinates(shape, dtype)[index]
+    assert torch.equal(grid_coordinates_at(shape, index, dtype), expected)
 
 
 @requires_extension

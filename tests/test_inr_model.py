@@ -15,6 +15,7 @@ from brainkernels.inr.infer import atlas_latents, check_age, fit_latent
 from brainkernels.inr.model import AutoDecoder, bound_norm
 from brainkernels.inr.train import INRConfig, latent_keys, reconstruction_loss, split_test_subjects, unmirrored_rows
 from brainkernels.metrics.image import head_circumference_cm, mae, psnr, ssim
+from brainkernels.ops.coordinate_mlp import api as coordinate_mlp_api
 from brainkernels.ops.coordinate_mlp import grid_coordinates
 
 SMALL = dict(dims=2, latent_size=4, width=8, depth=3)
@@ -147,6 +148,25 @@ def test_fitting_a_latent_reproduces_an_image_decoded_from_a_known_latent(norm_t
     if norm_type == math.inf:
         assert after < before / 4
     assert torch.linalg.vector_norm(fitted, ord=norm_type) <= model.max_norm + 1e-6
+
+
+@pytest.mark.parametrize("voxels", [None, 40], ids=["whole grid", "sampled voxels"])
+def test_fitting_a_latent_leaves_the_network_as_it_was_and_computes_no_weight_gradient(monkeypatch, voxels):
+    torch.manual_seed(2)
+    model = AutoDecoder(1, **SMALL)
+    image = ModelInput(torch.rand(12, 12), torch.ones(12, 12, dtype=torch.bool), 1.0, np.eye(4))
+    calls = []
+    real = coordinate_mlp_api.coordinate_mlp_op
+    monkeypatch.setattr(coordinate_mlp_api, "coordinate_mlp_op",
+                        lambda *args: calls.append(args[-1]) or real(*args))  # its last argument: weight_grads
+    model.latents.weight.requires_grad_(False)  # a mix, restored as it was
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    fit_latent(model, image, 35.0, steps=3, voxels=voxels)
+    assert calls == [False] * 3
+    assert all(p.grad is None for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == [name != "latents.weight" for name, _ in
+                                                             model.named_parameters()]
+    assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
 
 
 def test_ages_inside_the_range_do_not_warn():

@@ -1,5 +1,7 @@
 """PPR network: the dense (fully convolutional) rewrite equals the paper's patchwise evaluation."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,7 @@ def test_anomaly_maps_agree_for_any_shape_and_tile(shape, tile, channels):
     torch.testing.assert_close(dense, patchwise, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:precision 'bfloat16' on a CPU without native bfloat16")
 @pytest.mark.parametrize("patch", [19, 20])  # both stem kernels (4 and 3)
 def test_bfloat16_dense_map_is_within_twice_pytorchs_bfloat16_error(patch):
     """Against float64: the bfloat16 dense pass (channels-last, pooling as sums) errs at most twice
@@ -72,6 +75,22 @@ def test_precision_auto_is_bfloat16_only_on_a_cpu_that_has_it():
     assert resolve_precision("auto", torch.device("meta")) == torch.float32
     with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16; got 'half'"):
         anomaly_map(PPRNet(m=1, patch=19), torch.zeros(1, 4, 4, 4), precision="half")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_asked_for_on_a_cpu_that_emulates_it_warns(monkeypatch, native):
+    from brainkernels.ppr import infer
+
+    monkeypatch.setattr(infer, "native_bfloat16", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert infer.resolve_precision("bfloat16", torch.device("cpu")) == torch.bfloat16
+        assert infer.resolve_precision("bfloat16", torch.device("meta")) == torch.bfloat16
+        assert infer.resolve_precision("float32", torch.device("cpu")) == torch.float32
+    messages = [str(w.message) for w in caught]
+    assert messages == ([] if native else ["precision 'bfloat16' on a CPU without native bfloat16 (AVX512-BF16 or "
+                                           "AMX): it is emulated and runs many times slower than float32 (precision "
+                                           "'auto' picks float32 here)"])
 
 
 def test_anomaly_map_is_the_position_error():

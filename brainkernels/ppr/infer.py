@@ -9,6 +9,7 @@ in chunks. Both give the same map.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Literal
 
 import torch
@@ -65,6 +66,9 @@ def resolve_precision(precision: Precision, device: torch.device) -> torch.dtype
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "auto":
         return torch.bfloat16 if device.type == "cpu" and native_bfloat16() else torch.float32
+    if precision == "bfloat16" and device.type == "cpu" and not native_bfloat16():
+        warnings.warn("precision 'bfloat16' on a CPU without native bfloat16 (AVX512-BF16 or AMX): it is emulated "
+                      "and runs many times slower than float32 (precision 'auto' picks float32 here)", stacklevel=2)
     return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 

@@ -45,19 +45,29 @@ def grid_coordinates(grid_shape: Sequence[int], dtype: torch.dtype = torch.float
     shape = tuple(int(n) for n in grid_shape)
     if not shape:
         return torch.zeros(1, 0, dtype=dtype, device=device)
-    return grid_coordinates_between(shape, 0, math.prod(shape), compute_dtype(dtype), device).to(dtype)
+    return grid_coordinates_between(shape, 0, math.prod(shape), dtype, device)
 
 
 def grid_coordinates_between(grid_shape: tuple[int, ...], start: int, stop: int, dtype: torch.dtype,
                              device=None) -> Tensor:
     """Rows ``start:stop`` of :func:`grid_coordinates`, in ``dtype``, made from the voxels' linear
     indices as the kernels make them (so a micro-batch needs no coordinates of the whole grid)."""
-    flat, indices = torch.arange(start, stop, device=device), []
+    return grid_coordinates_at(grid_shape, torch.arange(start, stop, device=device), dtype)
+
+
+def grid_coordinates_at(grid_shape: Sequence[int], indices: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``grid_coordinates(grid_shape, dtype)[indices]`` for a 1D integer tensor of linear (C
+    order) voxel indices, without the coordinates of the whole grid (a random sample of a 256^3
+    grid: no 200 MB table)."""
+    exact = compute_dtype(dtype)
+    flat, indices = indices, []
+    grid_shape = tuple(int(n) for n in grid_shape)
     for n in reversed(grid_shape):
         indices.append(flat % n)
         flat = flat // n
     divisor = max(grid_shape)
-    return torch.stack([(i.to(dtype) - n / 2) / divisor for i, n in zip(reversed(indices), grid_shape)], dim=1)
+    return torch.stack([(i.to(exact) - n / 2) / divisor for i, n in zip(reversed(indices), grid_shape)],
+                       dim=1).to(dtype)
 
 
 class Spec(NamedTuple):

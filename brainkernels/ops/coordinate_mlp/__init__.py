@@ -65,6 +65,7 @@ from brainkernels.specs.coordinate_mlp import (
     DTYPES,
     compute_dtype,
     grid_coordinates,
+    grid_coordinates_at,
     maps_per_layer,
     packed_size,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "coordinate_mlp",
     "coordinate_mlp_reference",
     "grid_coordinates",
+    "grid_coordinates_at",
     "maps_per_layer",
     "num_partials",
     "packed_size",
