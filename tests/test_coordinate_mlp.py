@@ -3,6 +3,7 @@ values and gradients; the module pair; memory; compile; meta; validation."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import BACKEND_CASES, assert_within_twice_torch_error, requires_extension
@@ -342,14 +343,34 @@ def test_grid_coordinates_follow_the_paper():
 
 @pytest.mark.parametrize("shape", [(4, 2, 3), (5, 7), (256, 256, 256)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
-def test_coordinates_of_sampled_voxels_are_the_grids_rows(shape, dtype):
-    """grid_coordinates_at(shape, i) is grid_coordinates(shape)[i], bit for bit (also the last
-    voxel of a 256^3 grid, whose index needs more than 24 bits)."""
+def test_coordinates_of_sampled_voxels_follow_the_paper(shape, dtype):
+    """grid_coordinates_at(shape, i): (index along each axis - n / 2) / max(shape), from the
+    linear index alone (also the last voxel of a 256^3 grid, whose index needs more than 24 bits),
+    and the rows of grid_coordinates where the whole table is small."""
     total = math.prod(shape)
     drawn = torch.randint(total, (50,), generator=torch.Generator().manual_seed(0))
     index = torch.cat([torch.tensor([0, total - 1]), drawn])
-    expected = grid_coordinates(shape, dtype)[index]
-    assert torch.equal(grid_coordinates_at(shape, index, dtype), expected)
+    per_axis = np.unravel_index(index.numpy(), shape)
+    expected = torch.stack([(torch.from_numpy(i).double() - n / 2) / max(shape) for i, n in zip(per_axis, shape)],
+                           dim=1).to(dtype)
+    ours = grid_coordinates_at(shape, index, dtype)
+    assert ours.dtype == dtype and torch.equal(ours, expected)
+    if total < 1000:
+        assert torch.equal(ours, grid_coordinates(shape, dtype)[index])
+
+
+@pytest.mark.parametrize("indices,error,message", [
+    (torch.tensor([0, 24]), IndexError, r"indices must lie in \[0, 24\) for grid_shape \(4, 2, 3\); got values from 0"),
+    (torch.tensor([-1]), IndexError, "indices must lie in"),
+    (torch.tensor([0.0]), TypeError, "indices must be a 1D integer tensor"),
+    (torch.zeros(2, 2, dtype=torch.long), TypeError, "indices must be a 1D integer tensor"),
+    ([0, 1], TypeError, "indices must be a 1D integer tensor"),
+], ids=["past the end", "negative", "float", "2D", "list"])
+def test_coordinates_of_bad_indices_are_refused(indices, error, message):
+    with pytest.raises(error, match=message):
+        grid_coordinates_at((4, 2, 3), indices)
+    with pytest.raises(ValueError, match="grid_shape must have at least one axis"):
+        grid_coordinates_at((), torch.tensor([0]))
 
 
 @requires_extension

@@ -391,11 +391,12 @@ def test_statistics_and_normalisation_on_the_meta_device():
 
 
 @pytest.mark.parametrize("device,backend", STATISTICS_BACKENDS)
-def test_statistics_of_an_empty_tensor_are_nan(device, backend):
+@pytest.mark.parametrize("shape", [(2, 4, 0), (0, 4, 3)], ids=str)
+def test_statistics_of_an_empty_tensor_are_nan(device, backend, shape):
     with use_backend(backend):
-        mean, rstd = group_norm_statistics(torch.empty(2, 4, 0, device=device), 2)
-        out = group_norm_silu_with_statistics(torch.empty(2, 4, 0, device=device), mean, rstd)
-    assert mean.shape == (2, 2) and mean.isnan().all() and rstd.isnan().all() and out.shape == (2, 4, 0)
+        mean, rstd = group_norm_statistics(torch.empty(shape, device=device), 2)
+        out = group_norm_silu_with_statistics(torch.empty(shape, device=device), mean, rstd)
+    assert mean.shape == (shape[0], 2) and mean.isnan().all() and rstd.isnan().all() and out.shape == shape
 
 
 def _with_statistics(**override):
@@ -416,7 +417,11 @@ WITH_STATISTICS_BAD_INPUTS = [
     ("out rows", dict(out=torch.zeros(2, 4, 5, 3).transpose(2, 3)), ValueError, "out's spatial dimensions must be"),
     ("h dtype", dict(h=torch.zeros(2, 4, 3, 5, dtype=torch.float64)), TypeError, "mean must be torch.float64"),
     ("weight", dict(weight=torch.ones(3)), ValueError, r"weight must have shape \(C,\)"),
+    ("out expanded", dict(out=torch.zeros(1, 4, 3, 5).expand(2, 4, 3, 5)), ValueError,
+     "out must not be expanded along N or C"),
     ("grad", dict(h=torch.zeros(2, 4, 3, 5, requires_grad=True), grad=True), RuntimeError,
+     "group_norm_silu_with_statistics is for inference"),
+    ("grad of mean", dict(mean=torch.zeros(2, 2, requires_grad=True), grad=True), RuntimeError,
      "group_norm_silu_with_statistics is for inference"),
 ]
 

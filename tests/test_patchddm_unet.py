@@ -85,6 +85,28 @@ def test_inference_in_slabs_and_in_one_go_equals_the_composition(monkeypatch, de
     torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("slab_planes", [2, None])
+def test_inference_casts_an_embedding_of_another_dtype_in_slabs_as_in_one_go(monkeypatch, slab_planes):
+    if slab_planes is not None:
+        monkeypatch.setattr(norm_act_conv, "SLAB_ELEMENTS", 2 * 4 * 5 * 3 * slab_planes)
+    block = GroupNormSiLUConv(2, 4, 3)
+    _randomise(block)
+    x, emb = torch.randn(2, 4, 6, 5, 3), torch.randn(2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        fused = block(x, emb=emb)
+        block.fused = False
+        torch.testing.assert_close(fused, block(x, emb=emb.float()), rtol=1e-5, atol=1e-5)
+
+
+def test_slab_inference_names_the_bad_argument_as_the_op_does(monkeypatch):
+    monkeypatch.setattr(norm_act_conv, "SLAB_ELEMENTS", 2 * 4 * 5 * 3 * 2)
+    block = GroupNormSiLUConv(2, 4, 3)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"emb must have shape \(N, C\)"):
+        block(torch.randn(2, 4, 6, 5, 3), emb=torch.randn(2, 3))
+    with torch.no_grad(), pytest.raises(TypeError, match="skip has dtype torch.float64 but x has torch.float32"):
+        block(torch.randn(2, 4, 6, 5, 3), torch.randn(2, 4, 6, 5, 3, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("affine", [dict(affine=False), dict(bias=False), dict()])
 def test_slab_inference_with_and_without_norm_parameters(monkeypatch, affine):
     monkeypatch.setattr(norm_act_conv, "SLAB_ELEMENTS", 2 * 4 * 5 * 3 * 2)
@@ -143,13 +165,16 @@ def test_block_under_cpu_autocast_matches_float32():
         out = block(x)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+    skip, emb = torch.randn(x.shape), torch.randn(1, 8)
+    expected_with_skip = block(x, skip, emb)
     for slab_planes in (None, 2):  # inference too runs in the autocast dtype, in one go and in slabs
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), pytest.MonkeyPatch.context() as patch:
             if slab_planes is not None:
                 patch.setattr(norm_act_conv, "SLAB_ELEMENTS", 8 * 6 * 7 * slab_planes)
-            inferred = block(x)
-        assert inferred.dtype == torch.bfloat16
+            inferred, inferred_with_skip = block(x), block(x, skip, emb)
+        assert inferred.dtype == inferred_with_skip.dtype == torch.bfloat16
         torch.testing.assert_close(inferred.float(), expected, rtol=0.05, atol=0.05)
+        torch.testing.assert_close(inferred_with_skip.float(), expected_with_skip, rtol=0.05, atol=0.05)
     out.float().sum().backward()
     assert block.conv.weight.grad.dtype == torch.float32 and x.grad.shape == x.shape
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from brainkernels.ops.convolution import conv3d
 from brainkernels.ops.group_norm_silu import group_norm_silu_with_statistics, group_norm_statistics
-from brainkernels.ops.group_norm_silu_conv import convolution_dtype, group_norm_silu_conv_reference
+from brainkernels.ops.group_norm_silu_conv import check_arguments, convolution_dtype, group_norm_silu_conv_reference
 from brainkernels.ops.group_norm_silu_conv import group_norm_silu_conv as group_norm_silu_conv_op
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -28,8 +28,9 @@ SLAB_ELEMENTS = 1 << 24  # activation elements per inference slab (32 MiB in bfl
 def _slab_inference(x, skip, emb, norm: nn.GroupNorm, conv: nn.Conv3d, planes: int) -> Tensor:
     """The volume's group statistics in one pass, then each slab normalised by the fused kernel
     straight into a buffer that holds its halo planes, and convolved."""
-    mean, rstd = group_norm_statistics(x, norm.num_groups, norm.eps, skip=skip, emb=emb)
+    check_arguments(x, norm.num_groups, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, skip, emb)
     norm_weight, norm_bias, emb = (None if t is None else t.to(x.dtype) for t in (norm.weight, norm.bias, emb))
+    mean, rstd = group_norm_statistics(x, norm.num_groups, norm.eps, skip=skip, emb=emb)
     n, channels, depth = x.shape[:3]
     dtype, halo = convolution_dtype(x), conv.padding[0]
     weight, bias = conv.weight.to(dtype), None if conv.bias is None else conv.bias.to(dtype)

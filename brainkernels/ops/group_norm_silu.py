@@ -201,6 +201,9 @@ def _check_out(h: Tensor, out: object) -> None:
         raise ValueError(f"out's spatial dimensions must be contiguous for each (sample, channel), as in a "
                          f"contiguous tensor or a slice of one along the first spatial axis; got strides "
                          f"{out.stride()}")
+    if any(size > 1 and stride == 0 for size, stride in zip(out.shape[:2], out.stride()[:2])):
+        raise ValueError(f"out must not be expanded along N or C (several rows would be written to one place); "
+                         f"got strides {out.stride()}")
 
 
 def group_norm_silu_with_statistics(
@@ -235,7 +238,7 @@ def group_norm_silu_with_statistics(
     if out is None:
         out = h.new_empty(h.shape)
     _check_out(h, out)
-    _check_inference("group_norm_silu_with_statistics", h, skip, emb, scale, shift, weight, bias)
+    _check_inference("group_norm_silu_with_statistics", h, skip, emb, scale, shift, weight, bias, mean, rstd, out)
     torch.ops.brainkernels.group_norm_silu_into(h, skip, emb, scale, shift, weight, bias, mean, rstd, activation, out)
     return out
 
@@ -454,20 +457,24 @@ def _triton_kernels():
 # --- the reference backend --------------------------------------------------------------------
 
 
-def _statistics_reference(h, skip, emb, num_groups, eps):
+def _reference_x(h, skip, emb) -> Tensor:
+    """x = (h + skip) / 2 + emb in float32 (float64 for float64 h)."""
     stat_dtype = _stat_dtype(h.dtype)
     x = h.to(stat_dtype) if skip is None else (h.to(stat_dtype) + skip.to(stat_dtype)) / 2
-    if emb is not None:
-        x = x + _per_channel(emb.to(stat_dtype), h.dim())
-    var, mean = torch.var_mean(x.reshape(h.shape[0], num_groups, -1), dim=-1, correction=0)
+    return x if emb is None else x + _per_channel(emb.to(stat_dtype), h.dim())
+
+
+def _statistics_reference(h, skip, emb, num_groups, eps):
+    if h.numel() == 0:  # as the kernels: the statistics of empty groups are NaN
+        nan = torch.full((h.shape[0], num_groups), math.nan, dtype=_stat_dtype(h.dtype), device=h.device)
+        return nan, nan.clone()
+    var, mean = torch.var_mean(_reference_x(h, skip, emb).reshape(h.shape[0], num_groups, -1), dim=-1, correction=0)
     return mean, (var + eps).rsqrt()
 
 
 def _normalise_reference(h, skip, emb, scale, shift, weight, bias, mean, rstd, activation, out) -> None:
     stat_dtype, channels, dim = _stat_dtype(h.dtype), h.shape[1], h.dim()
-    x = h.to(stat_dtype) if skip is None else (h.to(stat_dtype) + skip.to(stat_dtype)) / 2
-    if emb is not None:
-        x = x + _per_channel(emb.to(stat_dtype), dim)
+    x = _reference_x(h, skip, emb)
     y = (x - _per_channel(_expand_groups(mean.to(stat_dtype), channels), dim)) * _per_channel(
         _expand_groups(rstd.to(stat_dtype), channels), dim)
     if weight is not None:

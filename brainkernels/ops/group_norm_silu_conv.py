@@ -100,7 +100,8 @@ def _check_conv_weight(conv_weight: object, x: Tensor) -> None:
     _check_dtype_and_device("conv_weight", conv_weight, x)
 
 
-def _check_arguments(x, num_groups, conv_weight, conv_bias, norm_weight, norm_bias, eps, skip, emb) -> None:
+def check_arguments(x, num_groups, conv_weight, conv_bias, norm_weight, norm_bias, eps, skip, emb) -> None:
+    """The checks of :func:`group_norm_silu_conv`: an error that names the bad argument."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
     if x.dim() not in (3, 4, 5):
@@ -156,7 +157,7 @@ def group_norm_silu_conv(
     Every tensor must be on x's device. Returns (N, out_channels, *spatial) in autocast's dtype
     when autocast is on for x's device, else in x's dtype; differentiable in every tensor.
     """
-    _check_arguments(x, num_groups, conv_weight, conv_bias, norm_weight, norm_bias, eps, skip, emb)
+    check_arguments(x, num_groups, conv_weight, conv_bias, norm_weight, norm_bias, eps, skip, emb)
     return torch.ops.brainkernels.group_norm_silu_conv(x, skip, emb, norm_weight, norm_bias, conv_weight, conv_bias,
                                                         num_groups, float(eps), convolution_dtype(x))
 

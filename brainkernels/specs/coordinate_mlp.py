@@ -59,9 +59,19 @@ def grid_coordinates_at(grid_shape: Sequence[int], indices: Tensor, dtype: torch
     """``grid_coordinates(grid_shape, dtype)[indices]`` for a 1D integer tensor of linear (C
     order) voxel indices, without the coordinates of the whole grid (a random sample of a 256^3
     grid: no 200 MB table)."""
-    exact = compute_dtype(dtype)
-    flat, indices = indices, []
     grid_shape = tuple(int(n) for n in grid_shape)
+    if not grid_shape or min(grid_shape) < 0:
+        raise ValueError(f"grid_shape must have at least one axis and no negative size; got {grid_shape}")
+    if not isinstance(indices, Tensor) or indices.dim() != 1 or indices.is_floating_point() or indices.is_complex():
+        raise TypeError(f"indices must be a 1D integer tensor of linear voxel indices; got "
+                        f"{indices.dtype if isinstance(indices, Tensor) else type(indices).__name__} "
+                        f"of shape {tuple(getattr(indices, 'shape', ()))}")
+    total = math.prod(grid_shape)
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= total):
+        raise IndexError(f"indices must lie in [0, {total}) for grid_shape {grid_shape}; got values from "
+                         f"{int(indices.min())} to {int(indices.max())}")
+    exact = compute_dtype(dtype)
+    flat, indices = indices.long(), []
     for n in reversed(grid_shape):
         indices.append(flat % n)
         flat = flat // n
