@@ -373,6 +373,11 @@ def test_coordinates_of_bad_indices_are_refused(indices, error, message):
         grid_coordinates_at((), torch.tensor([0]))
 
 
+def test_coordinates_on_the_meta_device_have_their_shape():
+    assert grid_coordinates((4, 5, 6), device="meta").shape == (120, 3)
+    assert grid_coordinates_at((4, 5, 6), torch.empty(7, dtype=torch.long, device="meta")).shape == (7, 3)
+
+
 @requires_extension
 def test_sampled_voxels_equal_the_grid():
     """Explicit coordinates from grid_coordinates give the grid's values exactly."""

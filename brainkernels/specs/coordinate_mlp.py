@@ -52,7 +52,7 @@ def grid_coordinates_between(grid_shape: tuple[int, ...], start: int, stop: int,
                              device=None) -> Tensor:
     """Rows ``start:stop`` of :func:`grid_coordinates`, in ``dtype``, made from the voxels' linear
     indices as the kernels make them (so a micro-batch needs no coordinates of the whole grid)."""
-    return grid_coordinates_at(grid_shape, torch.arange(start, stop, device=device), dtype)
+    return _coordinates_of(grid_shape, torch.arange(start, stop, device=device), dtype)
 
 
 def grid_coordinates_at(grid_shape: Sequence[int], indices: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -67,11 +67,15 @@ def grid_coordinates_at(grid_shape: Sequence[int], indices: Tensor, dtype: torch
                         f"{indices.dtype if isinstance(indices, Tensor) else type(indices).__name__} "
                         f"of shape {tuple(getattr(indices, 'shape', ()))}")
     total = math.prod(grid_shape)
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= total):
+    has_values = indices.numel() and indices.device.type != "meta"
+    if has_values and (int(indices.min()) < 0 or int(indices.max()) >= total):
         raise IndexError(f"indices must lie in [0, {total}) for grid_shape {grid_shape}; got values from "
                          f"{int(indices.min())} to {int(indices.max())}")
-    exact = compute_dtype(dtype)
-    flat, indices = indices.long(), []
+    return _coordinates_of(grid_shape, indices.long(), dtype)
+
+
+def _coordinates_of(grid_shape: tuple[int, ...], flat: Tensor, dtype: torch.dtype) -> Tensor:
+    exact, indices = compute_dtype(dtype), []
     for n in reversed(grid_shape):
         indices.append(flat % n)
         flat = flat // n
